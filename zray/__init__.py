@@ -1,0 +1,323 @@
+"""zray: Ray's API on a ZeroMQ message bus.
+
+    import zray as ray
+    ray.init()
+
+    @ray.remote
+    def f(x):
+        return x + 1
+
+    ray.get(f.remote(1))  # 2
+
+This module is the public API only; the machinery lives in ``zray._private``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import threading
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+from zray import exceptions
+from zray._private import protocol, state
+from zray.object_ref import ObjectRef
+from zray.remote_function import make_remote
+
+__version__ = "0.1.0"
+
+_lock = threading.RLock()
+_session: Any = None
+_context: Optional["ClientContext"] = None
+
+
+class ClientContext:
+    """What ``init`` returns: the session's addresses, also readable as a mapping."""
+
+    def __init__(self, address_info: Dict[str, Any]) -> None:
+        self.address_info = address_info
+
+    def __getitem__(self, key: str) -> Any:
+        return self.address_info[key]
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.address_info
+
+    def keys(self):
+        return self.address_info.keys()
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.address_info.get(key, default)
+
+    def __repr__(self) -> str:
+        return f"ClientContext({self.address_info!r})"
+
+    def __enter__(self) -> "ClientContext":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        shutdown()
+
+
+def _check_number(name: str, value: Any) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                              or value < 0):
+        raise ValueError(f"zray.init: {name} must be a non-negative number, got {value!r}")
+
+
+def init(address: Optional[str] = None, *, num_cpus: Optional[float] = None,
+         num_gpus: Optional[float] = None, resources: Optional[Dict[str, float]] = None,
+         object_store_memory: Optional[int] = None, ignore_reinit_error: bool = False,
+         redis_address: Optional[str] = None, **unknown: Any) -> ClientContext:
+    """Start a single-node cluster in this process's care and connect to it."""
+    global _session, _context
+    if unknown:
+        raise TypeError(f"zray.init got unknown option(s): {', '.join(sorted(unknown))}")
+    with _lock:
+        if state.client is not None:
+            if ignore_reinit_error:
+                return _context
+            raise RuntimeError("zray.init() was already called in this process; call "
+                               "zray.shutdown() first or pass ignore_reinit_error=True")
+        address = address or redis_address
+        if address is not None:
+            raise ValueError("zray.init(address=...) connects to a running cluster, "
+                             "which this build does not support yet; call zray.init() "
+                             "without an address to start a local cluster")
+        _check_number("num_cpus", num_cpus)
+        _check_number("num_gpus", num_gpus)
+        if object_store_memory is not None and (not isinstance(object_store_memory, int)
+                                                or isinstance(object_store_memory, bool)
+                                                or object_store_memory < 1024 * 1024):
+            raise ValueError("zray.init: object_store_memory must be an int of at least "
+                             f"1 MiB (bytes), got {object_store_memory!r}")
+        if resources is not None:
+            from zray._private import scheduling
+            scheduling.validate_resource_request(None, None, resources, where="zray.init")
+
+        import psutil
+
+        from zray._private import services
+        from zray._private.client import Client
+
+        detected = services.detect_gpus()
+        if num_gpus is None:
+            num_gpus = len(detected)
+        gpu_ids = detected[:int(num_gpus)] if len(detected) >= num_gpus else \
+            list(range(int(num_gpus)))
+        if num_cpus is None:
+            num_cpus = psutil.cpu_count() or 1
+        store = object_store_memory or services.default_store_bytes()
+        session = services.LocalSession(num_cpus=num_cpus, gpu_ids=gpu_ids, num_gpus=num_gpus,
+                                        resources=dict(resources or {}), store_bytes=store)
+        client = Client(session.agent_address, "driver", agent_pid=session.agent.pid)
+        try:
+            state.client = client
+            client.connect(timeout=30)
+        except BaseException as exc:
+            state.client = None
+            log = session.log_tail()
+            session.stop()
+            raise RuntimeError(f"zray could not start: {exc}\n{log}") from exc
+        _session = session
+        _context = ClientContext({
+            "node_id": client.node_id.hex(),
+            "node_ip_address": client.welcome.get("ip", "127.0.0.1"),
+            "address": session.head_address,
+            "gcs_address": session.head_address,
+            "head_address": session.head_address,
+            "agent_address": session.agent_address,
+            "object_store_address": client.welcome.get("arena"),
+            "session_dir": session.session_dir,
+            "job_id": client.job_id.hex(),
+        })
+        return _context
+
+
+def _auto_init() -> Any:
+    init(ignore_reinit_error=True)
+    return state.client
+
+
+def is_initialized() -> bool:
+    return state.client is not None
+
+
+def shutdown() -> None:
+    """Disconnect, and stop every process ``init`` started."""
+    global _session, _context
+    with _lock:
+        client, state.client = state.client, None
+        if client is not None:
+            client.close()
+            if client.arena is not None:
+                client.arena.close()
+        if _session is not None:
+            _session.stop()
+        _session = None
+        _context = None
+
+
+atexit.register(shutdown)
+
+
+def _client() -> Any:
+    client = state.client
+    if client is None:
+        raise RuntimeError("zray is not initialized; call zray.init() first")
+    return client
+
+
+def remote(*args: Any, **kwargs: Any) -> Any:
+    """Make a function or class remote: ``@remote``, ``@remote(...)`` or ``remote(f)``.
+
+    The seed-era typed form ``@remote([int, int], [int])`` checks argument
+    types when the task is submitted.
+    """
+    if len(args) == 1 and not kwargs and callable(args[0]):
+        return make_remote(args[0], {})
+    if args and all(isinstance(a, (list, tuple)) for a in args) and len(args) <= 2:
+        arg_types = list(args[0])
+        return_types = list(args[1]) if len(args) > 1 else None
+        return lambda target: make_remote(target, kwargs, arg_types, return_types)
+    if args:
+        raise TypeError("@zray.remote takes a function or class, or only keyword options, "
+                        f"e.g. @zray.remote(num_cpus=2); got {args!r}")
+    from zray.remote_function import TASK_OPTIONS, validate_options
+    if not any(k in ("max_restarts", "max_concurrency", "lifetime", "max_task_retries")
+               for k in kwargs):
+        validate_options(kwargs, TASK_OPTIONS, "@zray.remote")
+    return lambda target: make_remote(target, kwargs)
+
+
+def _as_ref_list(refs: Any, what: str) -> Tuple[List[ObjectRef], bool]:
+    if isinstance(refs, ObjectRef):
+        return [refs], True
+    if isinstance(refs, (list, tuple)):
+        for i, ref in enumerate(refs):
+            if not isinstance(ref, ObjectRef):
+                raise TypeError(f"{what} expects ObjectRefs; item {i} is a "
+                                f"{type(ref).__name__}")
+        return list(refs), False
+    raise TypeError(f"{what} expects an ObjectRef or a list of ObjectRefs, "
+                    f"got {type(refs).__name__}")
+
+
+def get(object_refs: Union[ObjectRef, Sequence[ObjectRef]], *,
+        timeout: Optional[float] = None) -> Any:
+    """The value(s) behind ref(s); blocks until ready or ``timeout`` seconds pass."""
+    refs, single = _as_ref_list(object_refs, "zray.get")
+    if timeout is not None and timeout < 0:
+        raise ValueError(f"zray.get: timeout must be >= 0, got {timeout}")
+    values = _client().get(refs, timeout)
+    return values[0] if single else values
+
+
+def put(value: Any) -> ObjectRef:
+    """Store ``value`` in the object store; return a ref to it."""
+    if isinstance(value, ObjectRef):
+        raise TypeError("zray.put of an ObjectRef is not allowed; pass the ref itself")
+    return _client().put(value)
+
+
+def wait(object_refs: Sequence[ObjectRef], *, num_returns: int = 1,
+         timeout: Optional[float] = None, fetch_local: bool = True
+         ) -> Tuple[List[ObjectRef], List[ObjectRef]]:
+    """Split refs into (ready, not ready), both in the input's order."""
+    if isinstance(object_refs, ObjectRef):
+        raise TypeError("zray.wait expects a list of ObjectRefs, got a single ObjectRef")
+    refs, _ = _as_ref_list(object_refs, "zray.wait")
+    if len(set(refs)) != len(refs):
+        raise ValueError("zray.wait got the same ObjectRef more than once")
+    if isinstance(num_returns, bool) or not isinstance(num_returns, int) or num_returns < 0:
+        raise ValueError(f"zray.wait: num_returns must be a non-negative int, got {num_returns!r}")
+    if num_returns > len(refs):
+        raise ValueError(f"zray.wait: num_returns ({num_returns}) is more than the number "
+                         f"of refs ({len(refs)})")
+    client = _client()
+    client.wait_objects([r._id for r in refs], num_returns, timeout)
+    ready: List[ObjectRef] = []
+    not_ready: List[ObjectRef] = []
+    for ref in refs:
+        if len(ready) < num_returns and client.is_ready(ref._id):
+            ready.append(ref)
+        else:
+            not_ready.append(ref)
+    return ready, not_ready
+
+
+def cancel(object_ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:
+    """Cancel the task that makes ``object_ref``: queued ones never run; running
+    ones get KeyboardInterrupt, or with ``force=True`` their worker is killed."""
+    if not isinstance(object_ref, ObjectRef):
+        raise TypeError(f"zray.cancel expects an ObjectRef, got {type(object_ref).__name__}")
+    client = _client()
+    client._send(protocol.encode(protocol.Op.CANCEL, {"t": object_ref.task_id(),
+                                                      "force": bool(force)}))
+
+
+def get_gpu_ids() -> List[int]:
+    """The GPU IDs assigned to the current task (empty in a driver)."""
+    worker = getattr(state, "worker", None)
+    return list(getattr(worker, "gpu_ids", []) or [])
+
+
+def cluster_resources() -> Dict[str, float]:
+    return _client().query("resources")["total"]
+
+
+def available_resources() -> Dict[str, float]:
+    return _client().query("resources")["available"]
+
+
+def nodes() -> List[Dict[str, Any]]:
+    out = []
+    for node in _client().query("nodes")["nodes"]:
+        out.append({"NodeID": node["node_id"], "Alive": node["alive"],
+                    "NodeManagerAddress": node.get("node_ip"), "Resources": node["resources"],
+                    "Available": node.get("available", {}),
+                    "ObjectStoreCapacity": node.get("store_capacity", 0),
+                    "ObjectStoreUsed": node.get("store_used", 0)})
+    return out
+
+
+def error_info() -> List[Dict[str, Any]]:
+    """Recent task failures of this job, oldest first."""
+    return _client().query("errors")["errors"]
+
+
+class RuntimeContext:
+    """IDs of the job, node, worker and task this code runs in."""
+
+    def __init__(self, client: Any) -> None:
+        task = client.current_task
+        self.job_id = (task.get("j") if task else client.job_id).hex()
+        self.node_id = client.node_id.hex()
+        self.worker_id = client.identity.hex()
+        self.task_id = task["t"].hex() if task else None
+
+    def get_job_id(self) -> str:
+        return self.job_id
+
+    def get_node_id(self) -> str:
+        return self.node_id
+
+    def get_worker_id(self) -> str:
+        return self.worker_id
+
+    def get_task_id(self) -> Optional[str]:
+        return self.task_id
+
+    def __repr__(self) -> str:
+        return (f"RuntimeContext(job_id={self.job_id}, node_id={self.node_id}, "
+                f"worker_id={self.worker_id}, task_id={self.task_id})")
+
+
+def get_runtime_context() -> RuntimeContext:
+    return RuntimeContext(_client())
+
+
+__all__ = [
+    "init", "shutdown", "is_initialized", "remote", "get", "put", "wait", "cancel",
+    "get_gpu_ids", "cluster_resources", "available_resources", "nodes", "error_info",
+    "get_runtime_context", "ObjectRef", "exceptions", "__version__",
+]

@@ -1,0 +1,952 @@
+"""The node agent: local scheduler, worker pool and object store of one node.
+
+::
+
+    driver / workers ──DEALER──▶ ROUTER (ipc, session dir)      ┐
+                                                                 ├─ one poll loop
+    head ◀──DEALER── heartbeats, registration                    │
+    worker template ◀─pipe─▶ "spawn" / "exit <pid>" lines        ┘
+
+Tasks are submitted here, wait here for their arguments, and run on this
+node's workers when their resources fit; a single-node program never waits
+on the head.  The agent owns the object table: every object's state, where
+its bytes are (inline in memory, or in the shared-memory arena), who holds
+refs to it, and who is waiting for it.  Handlers are named after the op
+they serve and routed through one table; a handler that fails answers with
+an error and the loop lives on.
+
+This module must not unpickle anything: arguments, functions and values
+are opaque bytes here, decoded only in workers and drivers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import logging
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from typing import Any, Deque, Dict, List, Optional
+
+import zmq
+
+from zray import exceptions
+from zray._private import protocol, scheduling
+from zray._private.object_store import Allocator, Arena, SpillStore
+from zray._private.protocol import ObjectKind, Op
+
+logger = logging.getLogger("zray.node")
+
+HEARTBEAT_INTERVAL = 0.5
+PARENT_CHECK_INTERVAL = 0.2
+
+PENDING, READY = 0, 1
+WAITING, QUEUED, RUNNING, FINISHED = "waiting", "queued", "running", "finished"
+
+
+def _system_error(exc: BaseException) -> bytes:
+    """Pickle one of zray's own errors (the same bytes serialization.system_error makes)."""
+    return pickle.dumps(exc, protocol=5)
+
+
+class Obj:
+    __slots__ = ("state", "kind", "layout", "size", "data", "offset", "refs", "contained",
+                 "waiting", "fetchers", "spilled", "owner")
+
+    def __init__(self) -> None:
+        self.state = PENDING
+        self.kind = ObjectKind.INLINE
+        self.layout: list = []
+        self.size = 0
+        self.data: Any = None
+        self.offset = -1
+        self.refs = 0
+        self.contained: List[bytes] = []
+        self.waiting: List["Task"] = []
+        self.fetchers: set = set()
+        self.spilled = False
+        self.owner: Optional[bytes] = None
+
+
+class Task:
+    __slots__ = ("spec", "tid", "name", "owner", "job", "demand", "gpus", "state", "worker",
+                 "retries_left", "cancelled", "held", "deps_left", "returns", "shape")
+
+    def __init__(self, spec: dict, owner: bytes) -> None:
+        self.spec = spec
+        self.tid: bytes = spec["t"]
+        self.name: str = spec.get("n", "task")
+        self.owner = owner
+        self.job: bytes = spec.get("j", b"")
+        resources = spec.get("q") or {"CPU": 1.0}
+        self.demand = scheduling.to_units(resources)
+        self.gpus = float(resources.get("GPU", 0))
+        self.shape = tuple(sorted(self.demand.items()))
+        self.state = WAITING
+        self.worker: Optional["WorkerRec"] = None
+        retries = int(spec.get("x", 3))
+        self.retries_left = retries if retries >= 0 else 1 << 62
+        self.cancelled = False
+        self.held: List[bytes] = []
+        self.deps_left = 0
+        self.returns = [protocol.object_id(self.tid, i) for i in range(spec.get("r", 1))]
+
+
+class ClientRec:
+    __slots__ = ("ident", "kind", "pid", "job", "held", "worker")
+
+    def __init__(self, ident: bytes, kind: str, pid: int, job: bytes) -> None:
+        self.ident = ident
+        self.kind = kind
+        self.pid = pid
+        self.job = job
+        self.held: set = set()
+        self.worker: Optional[WorkerRec] = None
+
+
+class WorkerRec:
+    __slots__ = ("wid", "pid", "state", "task", "holding", "gpu_ids", "functions", "calls",
+                 "blocked")
+
+    def __init__(self, wid: bytes) -> None:
+        self.wid = wid
+        self.pid = 0
+        self.state = "starting"   # starting, idle, busy, retiring
+        self.task: Optional[Task] = None
+        self.holding: Dict[str, int] = {}
+        self.gpu_ids: List[int] = []
+        self.functions: set = set()
+        self.calls: Dict[bytes, int] = collections.Counter()
+        self.blocked = False
+
+
+class Agent:
+    def __init__(self, *, session_dir: str, node_id: bytes, head_address: str,
+                 resources: Dict[str, float], gpu_ids: List[int], store_bytes: int,
+                 parent_pid: Optional[int], node_ip: str = "127.0.0.1") -> None:
+        self.session_dir = session_dir
+        self.node_id = node_id
+        self.node_ip = node_ip
+        self.parent_pid = parent_pid
+        self.total = scheduling.to_units(resources)
+        self.available = dict(self.total)
+        self.resources = resources
+        self.gpus = scheduling.GpuPool(gpu_ids)
+        self.address = f"ipc://{session_dir}/zray_agent_{node_id.hex()[:8]}.sock"
+        self.socket_path = self.address[len("ipc://"):]
+
+        self.arena = Arena.create(f"zray_{os.path.basename(session_dir)[-12:]}_{node_id.hex()[:8]}",
+                                  store_bytes)
+        self.allocator = Allocator(store_bytes)
+        self.spill = SpillStore(session_dir)
+
+        self.objects: Dict[bytes, Obj] = {}
+        self.tasks: Dict[bytes, Task] = {}
+        self.functions: Dict[bytes, Any] = {}
+        self.clients: Dict[bytes, ClientRec] = {}
+        self.workers: Dict[bytes, WorkerRec] = {}
+        self.workers_by_pid: Dict[int, WorkerRec] = {}
+        self.idle: List[WorkerRec] = []
+        self.queues: Dict[tuple, Deque[Task]] = collections.OrderedDict()
+        self.infeasible: List[Task] = []
+        self.warned_shapes: set = set()
+        self.starting = 0
+        self.pending_allocs: Dict[bytes, int] = {}
+        self.errors: Dict[bytes, Deque[dict]] = collections.defaultdict(
+            lambda: collections.deque(maxlen=1000))
+        self.drivers_by_job: Dict[bytes, bytes] = {}
+        self.cluster_nodes: List[dict] = []
+        self.running = True
+
+        self.ctx = zmq.Context()
+        self.router = self.ctx.socket(zmq.ROUTER)
+        self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.router.setsockopt(zmq.SNDHWM, 0)
+        self.router.setsockopt(zmq.RCVHWM, 0)
+        self.router.setsockopt(zmq.LINGER, 0)
+        old_umask = os.umask(0o077)
+        try:
+            self.router.bind(self.address)
+        finally:
+            os.umask(old_umask)
+        self.head = self.ctx.socket(zmq.DEALER)
+        self.head.setsockopt(zmq.IDENTITY, node_id)
+        self.head.setsockopt(zmq.LINGER, 0)
+        self.head.setsockopt(zmq.SNDHWM, 1000)
+        self.head.setsockopt(zmq.RECONNECT_IVL, 10)
+        self.head.connect(head_address)
+
+        self.template = self._start_template()
+        self.template_buf = b""
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_w, False)
+        signal.set_wakeup_fd(self.wake_w)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+
+        self.handlers = {
+            Op.HELLO: self.on_hello, Op.EXPORT: self.on_export, Op.SUBMIT: self.on_submit,
+            Op.ADDREF: self.on_addref, Op.DECREF: self.on_decref, Op.FETCH: self.on_fetch,
+            Op.PUT: self.on_put, Op.ALLOC: self.on_alloc, Op.SEAL: self.on_seal,
+            Op.ABORT: self.on_abort, Op.BLOCKED: self.on_blocked,
+            Op.UNBLOCKED: self.on_unblocked, Op.TASK_DONE: self.on_task_done,
+            Op.LOG: self.on_log, Op.CANCEL: self.on_cancel, Op.QUERY: self.on_query,
+            Op.BYE: self.on_bye,
+        }
+
+    # ------------------------------------------------------------------ loop
+    def _on_signal(self, signum, frame) -> None:
+        self.running = False
+
+    def serve(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.router, zmq.POLLIN)
+        poller.register(self.head, zmq.POLLIN)
+        poller.register(self.template.stdout.fileno(), zmq.POLLIN)
+        poller.register(self.wake_r, zmq.POLLIN)
+        self.send_head(Op.REGISTER, self.node_info())
+        self.want_workers(min(4, max(1, self.total.get("CPU", 0) // scheduling.UNIT)))
+        next_beat = time.monotonic()
+        next_parent = time.monotonic() + PARENT_CHECK_INTERVAL
+        try:
+            while self.running:
+                events = dict(poller.poll(100))
+                if self.router in events:
+                    for _ in range(2000):
+                        try:
+                            frames = self.router.recv_multipart(zmq.NOBLOCK, copy=False)
+                        except zmq.Again:
+                            break
+                        self.handle(frames)
+                if self.head in events:
+                    self.drain_head()
+                if self.template.stdout.fileno() in events:
+                    self.read_template()
+                if self.wake_r in events:
+                    os.read(self.wake_r, 512)
+                self.dispatch()
+                now = time.monotonic()
+                if now >= next_beat:
+                    next_beat = now + HEARTBEAT_INTERVAL
+                    self.send_head(Op.HEARTBEAT, self.load_info())
+                if now >= next_parent:
+                    next_parent = now + PARENT_CHECK_INTERVAL
+                    if self.parent_pid and os.getppid() != self.parent_pid:
+                        logger.info("parent %s gone; node agent exits", self.parent_pid)
+                        break
+        finally:
+            self.cleanup()
+
+    def handle(self, frames: List[Any]) -> None:
+        ident = frames[0].bytes
+        try:
+            op, body, raw = protocol.decode([frames[1].buffer] + frames[2:])
+        except (protocol.ProtocolError, IndexError) as exc:
+            logger.warning("malformed message from %s: %s", ident.hex()[:8], exc)
+            self.send(ident, Op.ERROR, {"type": "ProtocolError", "msg": str(exc)})
+            return
+        handler = self.handlers.get(op)
+        if handler is None:
+            self.send(ident, Op.ERROR, {"req": body.get("req", 0), "type": "ProtocolError",
+                                        "msg": f"the node agent does not serve {op.name}"})
+            return
+        try:
+            handler(ident, body, raw)
+        except Exception as exc:
+            logger.exception("handler %s failed", op.name)
+            self.send(ident, Op.ERROR, {"req": body.get("req", 0), "type": type(exc).__name__,
+                                        "msg": f"{op.name} failed: {exc}"})
+
+    def send(self, ident: bytes, op: Op, body: dict, *raw: Any) -> bool:
+        try:
+            self.router.send_multipart([ident, *protocol.encode(op, body, *raw)], copy=False)
+            return True
+        except zmq.ZMQError as exc:
+            if exc.errno == zmq.EHOSTUNREACH:
+                return False  # the peer left; its records go when we hear of it
+            raise
+
+    def send_head(self, op: Op, body: dict) -> None:
+        try:
+            self.head.send_multipart(protocol.encode(op, body), zmq.NOBLOCK)
+        except zmq.Again:
+            pass  # head unreachable for now; the next heartbeat carries the state
+
+    def drain_head(self) -> None:
+        while True:
+            try:
+                frames = self.head.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                op, body, _ = protocol.decode(frames)
+            except protocol.ProtocolError as exc:
+                logger.warning("malformed message from head: %s", exc)
+                continue
+            if op in (Op.HEARTBEAT_ACK, Op.REGISTERED):
+                self.cluster_nodes = body.get("nodes", self.cluster_nodes)
+
+    # ------------------------------------------------------------------ info
+    def node_info(self) -> dict:
+        return {"node": self.node_id, "ip": self.node_ip, "address": self.address,
+                "resources": self.resources, "store": self.arena.size, "pid": os.getpid()}
+
+    def load_info(self) -> dict:
+        queued = sum(len(q) for q in self.queues.values())
+        running = sum(1 for w in self.workers.values() if w.task is not None)
+        return {"node": self.node_id, "available": scheduling.from_units(self.available),
+                "store_used": self.allocator.used, "queued": queued + len(self.infeasible),
+                "running": running, "workers": len(self.workers)}
+
+    # ------------------------------------------------------------------ clients
+    def on_hello(self, ident: bytes, body: dict, raw) -> None:
+        kind = body.get("kind")
+        if kind not in ("driver", "worker"):
+            raise ValueError(f"unknown client kind {kind!r}")
+        client = ClientRec(ident, kind, int(body.get("pid", 0)), body.get("job", b""))
+        self.clients[ident] = client
+        if kind == "worker":
+            worker = self.workers.get(ident)
+            if worker is None:
+                raise ValueError("a worker this agent did not start said hello")
+            client.worker = worker
+            worker.pid = client.pid
+            self.workers_by_pid[worker.pid] = worker
+            worker.state = "idle"
+            self.starting = max(0, self.starting - 1)
+            self.idle.append(worker)
+        else:
+            self.drivers_by_job[client.job] = ident
+        self.send(ident, Op.WELCOME, {
+            "node": self.node_id, "arena": self.arena.name, "arena_size": self.arena.size,
+            "session": self.session_dir, "pid": os.getpid(), "ip": self.node_ip})
+
+    def on_bye(self, ident: bytes, body: dict, raw) -> None:
+        self.drop_client(ident)
+
+    def drop_client(self, ident: bytes) -> None:
+        client = self.clients.pop(ident, None)
+        if client is None:
+            return
+        for oid in client.held:
+            self.decref(oid)
+        if client.kind == "driver" and self.drivers_by_job.get(client.job) == ident:
+            del self.drivers_by_job[client.job]
+
+    # ------------------------------------------------------------------ refs
+    def on_addref(self, ident: bytes, body: dict, raw) -> None:
+        client = self.clients.get(ident)
+        if client is None:
+            return
+        for oid in body["o"]:
+            if oid not in client.held:
+                client.held.add(oid)
+                obj = self.objects.get(oid)
+                if obj is None:
+                    obj = self.objects[oid] = Obj()  # announced before it is sealed
+                obj.refs += 1
+
+    def on_decref(self, ident: bytes, body: dict, raw) -> None:
+        client = self.clients.get(ident)
+        if client is None:
+            return
+        for oid in body["o"]:
+            if oid in client.held:
+                client.held.discard(oid)
+                self.decref(oid)
+
+    def decref(self, oid: bytes) -> None:
+        obj = self.objects.get(oid)
+        if obj is None:
+            return
+        obj.refs -= 1
+        if obj.refs <= 0 and obj.state == READY and not obj.waiting:
+            self.free(oid, obj)
+
+    def free(self, oid: bytes, obj: Obj) -> None:
+        del self.objects[oid]
+        if obj.kind == ObjectKind.SHARED:
+            if obj.spilled:
+                self.spill.discard(oid)
+            else:
+                self.allocator.free(obj.offset)
+        for inner in obj.contained:
+            self.decref(inner)
+
+    def hold(self, client: ClientRec, oid: bytes, obj: Obj) -> None:
+        if oid not in client.held:
+            client.held.add(oid)
+            obj.refs += 1
+
+    # ------------------------------------------------------------------ objects
+    def on_put(self, ident: bytes, body: dict, raw) -> None:
+        oid = body["o"]
+        obj = self.objects.get(oid) or Obj()
+        self.objects[oid] = obj
+        client = self.clients.get(ident)
+        if client is not None:
+            self.hold(client, oid, obj)
+        self.seal(oid, obj, ObjectKind.INLINE, body["l"], raw[0], -1, body.get("c", ()))
+
+    def on_alloc(self, ident: bytes, body: dict, raw) -> None:
+        size = int(body["n"])
+        offset = self.allocate(size)
+        if offset is None:
+            self.send(ident, Op.ERROR, {
+                "req": body.get("req", 0), "type": "ObjectStoreFullError",
+                "msg": f"the object store of node {self.node_id.hex()[:8]} has no room for "
+                       f"{size} bytes ({self.allocator.used} of {self.allocator.capacity} "
+                       f"bytes in use by objects still referenced)"})
+            return
+        self.pending_allocs[body["o"]] = offset
+        self.send(ident, Op.ALLOC_REPLY, {"req": body.get("req", 0), "off": offset})
+
+    def allocate(self, size: int) -> Optional[int]:
+        offset = self.allocator.allocate(size)
+        if offset is None and size <= self.allocator.capacity:
+            self.spill_until(size)
+            offset = self.allocator.allocate(size)
+        return offset
+
+    def spill_until(self, size: int) -> None:
+        """Move sealed shared objects to disk until ``size`` bytes could fit."""
+        for oid, obj in list(self.objects.items()):
+            if self.allocator.largest_free >= size:
+                return
+            if obj.state == READY and obj.kind == ObjectKind.SHARED and not obj.spilled \
+                    and not obj.fetchers:
+                self.spill.spill(oid, self.arena.view(obj.offset, obj.size))
+                self.allocator.free(obj.offset)
+                obj.spilled = True
+                obj.offset = -1
+
+    def restore(self, oid: bytes, obj: Obj) -> bool:
+        offset = self.allocate(obj.size)
+        if offset is None:
+            return False
+        self.spill.restore_into(oid, self.arena.view(offset, obj.size))
+        obj.offset = offset
+        obj.spilled = False
+        return True
+
+    def on_abort(self, ident: bytes, body: dict, raw) -> None:
+        offset = self.pending_allocs.pop(body["o"], None)
+        if offset is not None:
+            self.allocator.free(offset)
+
+    def on_seal(self, ident: bytes, body: dict, raw) -> None:
+        oid = body["o"]
+        self.pending_allocs.pop(oid, None)
+        obj = self.objects.get(oid) or Obj()
+        self.objects[oid] = obj
+        client = self.clients.get(ident)
+        if client is not None:
+            self.hold(client, oid, obj)
+        obj.size = int(body["n"])
+        self.seal(oid, obj, ObjectKind.SHARED, body["l"], None, int(body["off"]),
+                  body.get("c", ()))
+
+    def seal(self, oid: bytes, obj: Obj, kind: int, layout: list, data: Any, offset: int,
+             contained) -> None:
+        if obj.state == READY:  # sealed twice (a retried task): keep the first
+            if kind == ObjectKind.SHARED and offset >= 0:
+                self.allocator.free(offset)
+            return
+        obj.state = READY
+        obj.kind = kind
+        obj.layout = layout
+        obj.data = data
+        obj.offset = offset
+        for inner in contained:
+            inner_obj = self.objects.get(inner)
+            if inner_obj is not None:
+                inner_obj.refs += 1
+                obj.contained.append(inner)
+        for ident in obj.fetchers:
+            self.send_object(ident, oid, obj)
+        obj.fetchers = set()
+        waiting, obj.waiting = obj.waiting, []
+        for task in waiting:
+            task.deps_left -= 1
+            if task.deps_left == 0 and task.state == WAITING:
+                self.make_ready(task)
+        if obj.refs <= 0:
+            self.free(oid, obj)
+
+    def on_fetch(self, ident: bytes, body: dict, raw) -> None:
+        for oid in body["o"]:
+            obj = self.objects.get(oid)
+            if obj is None:
+                self.send_error_object(ident, oid, exceptions.ObjectLostError(
+                    f"object {oid.hex()} is not known to this node: it was freed, or "
+                    f"the ref did not come from this cluster"))
+            elif obj.state == READY:
+                self.send_object(ident, oid, obj)
+            else:
+                obj.fetchers.add(ident)
+
+    def send_object(self, ident: bytes, oid: bytes, obj: Obj) -> None:
+        if obj.kind == ObjectKind.SHARED:
+            if obj.spilled and not self.restore(oid, obj):
+                self.send_error_object(ident, oid, exceptions.ObjectStoreFullError(
+                    f"object {oid.hex()} is spilled and there is no room to bring it back"))
+                return
+            self.send(ident, Op.OBJECT, {"o": oid, "k": obj.kind, "l": obj.layout,
+                                         "off": obj.offset})
+        else:
+            self.send(ident, Op.OBJECT, {"o": oid, "k": obj.kind, "l": obj.layout}, obj.data)
+
+    def send_error_object(self, ident: bytes, oid: bytes, exc: BaseException) -> None:
+        self.send(ident, Op.OBJECT, {"o": oid, "k": ObjectKind.ERROR, "l": []},
+                  _system_error(exc))
+
+    def descriptor(self, oid: bytes, obj: Obj) -> tuple:
+        if obj.kind == ObjectKind.SHARED:
+            if obj.spilled and not self.restore(oid, obj):
+                raise exceptions.ObjectStoreFullError(f"no room to restore spilled {oid.hex()}")
+            return {"o": oid, "k": obj.kind, "l": obj.layout, "off": obj.offset}, None
+        return {"o": oid, "k": obj.kind, "l": obj.layout}, obj.data
+
+    # ------------------------------------------------------------------ tasks
+    def on_export(self, ident: bytes, body: dict, raw) -> None:
+        self.functions.setdefault(body["f"], raw[0])
+
+    def on_submit(self, ident: bytes, body: dict, raw) -> None:
+        client = self.clients.get(ident)
+        if client is None:
+            raise ValueError("submit before hello")
+        for spec in body["t"]:
+            self.submit(client, spec)
+
+    def submit(self, client: ClientRec, spec: dict) -> None:
+        task = Task(spec, client.ident)
+        if task.tid in self.tasks:
+            return
+        self.tasks[task.tid] = task
+        for oid in task.returns:
+            obj = self.objects.get(oid)
+            if obj is None:
+                obj = self.objects[oid] = Obj()
+            obj.owner = client.ident
+            obj.fetchers.add(client.ident)  # results are pushed to the submitter
+            self.hold(client, oid, obj)
+        lost = None
+        for oid in list(spec.get("d", ())) + list(spec.get("c", ())):
+            obj = self.objects.get(oid)
+            if obj is None:
+                lost = oid
+                continue
+            obj.refs += 1
+            task.held.append(oid)
+        if lost is not None:
+            self.finish_with_error(task, exceptions.ObjectLostError(
+                f"task {task.name}: argument {lost.hex()} is not known to this node "
+                f"(freed, or a ref from another cluster)"))
+            return
+        for oid in spec.get("d", ()):
+            obj = self.objects[oid]
+            if obj.state != READY:
+                task.deps_left += 1
+                obj.waiting.append(task)
+        if task.deps_left == 0:
+            self.make_ready(task)
+
+    def make_ready(self, task: Task) -> None:
+        for oid in task.spec.get("d", ()):
+            obj = self.objects.get(oid)
+            if obj is not None and obj.kind == ObjectKind.ERROR:
+                self.finish_with_error_data(task, obj.data)  # same root cause
+                return
+        missing = scheduling.missing(self.total, task.demand)
+        if missing:
+            task.state = QUEUED
+            self.infeasible.append(task)
+            self.warn_infeasible(task, missing)
+            return
+        task.state = QUEUED
+        queue = self.queues.get(task.shape)
+        if queue is None:
+            queue = self.queues[task.shape] = collections.deque()
+        queue.append(task)
+
+    def warn_infeasible(self, task: Task, missing: dict) -> None:
+        key = (task.name, task.shape)
+        if key in self.warned_shapes:
+            return
+        self.warned_shapes.add(key)
+        need = ", ".join(f"{name}: {n:g} (node has {have:g})"
+                         for name, (n, have) in sorted(missing.items()))
+        msg = (f"task {task.name} cannot run on this cluster: it needs {need}. "
+               f"It stays queued until a node with these resources joins.")
+        logger.warning(msg)
+        driver = self.drivers_by_job.get(task.job)
+        if driver is not None:
+            self.send(driver, Op.WARN, {"msg": msg})
+
+    def dispatch(self) -> None:
+        """Start queued tasks whose resources fit, on idle workers."""
+        for shape, queue in list(self.queues.items()):
+            while queue:
+                task = queue[0]
+                if task.state != QUEUED:
+                    queue.popleft()  # cancelled while queued
+                    continue
+                if not scheduling.fits(self.available, task.demand):
+                    break
+                gpu_ids: List[int] = []
+                if task.gpus:
+                    assigned = self.gpus.assign(task.gpus)
+                    if assigned is None:
+                        break
+                    gpu_ids = assigned
+                worker = self.idle_worker()
+                if worker is None:
+                    if gpu_ids:
+                        self.gpus.release(gpu_ids, task.gpus)
+                    self.want_workers(len(queue))
+                    return
+                queue.popleft()
+                self.run(task, worker, gpu_ids)
+
+    def idle_worker(self) -> Optional[WorkerRec]:
+        while self.idle:
+            worker = self.idle.pop()
+            if worker.state == "idle":
+                return worker
+        return None
+
+    def want_workers(self, wanted: int) -> None:
+        # Start as many as could run now, but never a storm: forks are cheap,
+        # idle interpreters are not.
+        cpus = max(1, self.available.get("CPU", 0) // scheduling.UNIT)
+        for _ in range(min(wanted, cpus, 32) - self.starting):
+            self.spawn_worker()
+
+    def run(self, task: Task, worker: WorkerRec, gpu_ids: List[int]) -> None:
+        scheduling.acquire(self.available, task.demand)
+        worker.holding = task.demand
+        worker.gpu_ids = gpu_ids
+        worker.state = "busy"
+        worker.task = task
+        task.worker = worker
+        task.state = RUNNING
+        spec = task.spec
+        frames: List[Any] = []
+        deps = []
+        for oid in spec.get("d", ()):
+            desc, data = self.descriptor(oid, self.objects[oid])
+            if data is not None:
+                desc["i"] = len(frames)
+                frames.append(data)
+            deps.append(desc)
+        body = {"s": spec, "deps": deps, "gpus": gpu_ids}
+        fid = spec["f"]
+        if fid not in worker.functions:
+            blob = self.functions.get(fid)
+            if blob is None:
+                self.finish_with_error(task, exceptions.ZrayError(
+                    f"task {task.name}: its function was never exported to this node"))
+                self.release_worker(worker)
+                return
+            body["fi"] = len(frames)
+            frames.append(blob)
+            worker.functions.add(fid)
+        if not self.send(worker.wid, Op.EXECUTE, body, *frames):
+            self.worker_died(worker, "unreachable")
+
+    def release_worker(self, worker: WorkerRec) -> None:
+        if not worker.blocked:
+            scheduling.release(self.available, worker.holding)
+        else:
+            scheduling.release(self.available,
+                               {k: v for k, v in worker.holding.items() if k != "CPU"})
+        if worker.gpu_ids or (worker.task and worker.task.gpus):
+            self.gpus.release(worker.gpu_ids, worker.task.gpus if worker.task else 0)
+        worker.holding = {}
+        worker.gpu_ids = []
+        worker.blocked = False
+        worker.task = None
+
+    def on_task_done(self, ident: bytes, body: dict, raw) -> None:
+        worker = self.workers.get(ident)
+        if worker is None or worker.task is None:
+            return
+        task = worker.task
+        fid = task.spec["f"]
+        worker.calls[fid] += 1
+        self.release_worker(worker)
+        max_calls = task.spec.get("m", 0)
+        if max_calls and worker.calls[fid] >= max_calls:
+            worker.state = "retiring"
+            self.send(worker.wid, Op.EXIT, {})
+        else:
+            worker.state = "idle"
+            self.idle.append(worker)
+        if task.cancelled:
+            for result in body.get("res", ()):
+                if result.get("k") == ObjectKind.SHARED:
+                    self.allocator.free(result["off"])
+            self.finish_with_error(task, exceptions.TaskCancelledError(
+                f"task {task.name} was cancelled"))
+            return
+        for result in body.get("res", ()):
+            oid = result["o"]
+            self.pending_allocs.pop(oid, None)
+            obj = self.objects.get(oid)
+            if obj is None:
+                obj = self.objects[oid] = Obj()
+            data = raw[result["i"]] if "i" in result else None
+            if result["k"] == ObjectKind.SHARED:
+                obj.size = result["n"]
+            self.seal(oid, obj, result["k"], result.get("l", []), data, result.get("off", -1),
+                      result.get("c", ()))
+            if result["k"] == ObjectKind.ERROR:
+                self.record_error(task, body.get("err", ""))
+        self.finish(task)
+
+    def finish(self, task: Task) -> None:
+        task.state = FINISHED
+        self.tasks.pop(task.tid, None)
+        held, task.held = task.held, []
+        for oid in held:
+            self.decref(oid)
+
+    def finish_with_error(self, task: Task, exc: BaseException) -> None:
+        self.finish_with_error_data(task, _system_error(exc), str(exc))
+
+    def finish_with_error_data(self, task: Task, data: Any, text: str = "") -> None:
+        for oid in task.returns:
+            obj = self.objects.get(oid)
+            if obj is None:
+                continue
+            self.seal(oid, obj, ObjectKind.ERROR, [], data, -1, ())
+        self.record_error(task, text or "failed because an argument's task failed")
+        self.finish(task)
+
+    def record_error(self, task: Task, text: str) -> None:
+        self.errors[task.job].append({"task_name": task.name, "task_id": task.tid.hex(),
+                                      "error": text, "time": time.time(),
+                                      "node_id": self.node_id.hex()})
+
+    def on_blocked(self, ident: bytes, body: dict, raw) -> None:
+        worker = self.workers.get(ident)
+        if worker is None or worker.task is None or worker.blocked:
+            return
+        worker.blocked = True
+        cpu = worker.holding.get("CPU", 0)
+        if cpu:
+            scheduling.release(self.available, {"CPU": cpu})
+
+    def on_unblocked(self, ident: bytes, body: dict, raw) -> None:
+        worker = self.workers.get(ident)
+        if worker is None or worker.task is None or not worker.blocked:
+            return
+        worker.blocked = False
+        cpu = worker.holding.get("CPU", 0)
+        if cpu:
+            scheduling.acquire(self.available, {"CPU": cpu})  # may oversubscribe briefly
+
+    def on_cancel(self, ident: bytes, body: dict, raw) -> None:
+        task = self.tasks.get(body["t"])
+        if task is None or task.state == FINISHED:
+            return
+        if task.state in (WAITING, QUEUED):
+            for oid in task.spec.get("d", ()):
+                obj = self.objects.get(oid)
+                if obj is not None and task in obj.waiting:
+                    obj.waiting.remove(task)
+            if task in self.infeasible:
+                self.infeasible.remove(task)
+            task.state = FINISHED  # queues skip it lazily
+            self.finish_with_error(task, exceptions.TaskCancelledError(
+                f"task {task.name} was cancelled before it ran"))
+            return
+        task.cancelled = True
+        worker = task.worker
+        if worker is None:
+            return
+        if body.get("force"):
+            try:
+                os.kill(worker.pid, signal.SIGKILL)
+            except OSError:
+                pass
+        else:
+            self.send(worker.wid, Op.INTERRUPT, {"t": task.tid})
+
+    def on_log(self, ident: bytes, body: dict, raw) -> None:
+        driver = self.drivers_by_job.get(body.get("job", b""))
+        if driver is not None:
+            self.send(driver, Op.LOG, body)
+
+    # ------------------------------------------------------------------ queries
+    def on_query(self, ident: bytes, body: dict, raw) -> None:
+        what = body.get("what")
+        reply: dict = {"req": body.get("req", 0)}
+        if what == "resources":
+            reply["total"], reply["available"] = self.cluster_resources()
+        elif what == "nodes":
+            reply["nodes"] = self.node_table()
+        elif what == "errors":
+            client = self.clients.get(ident)
+            reply["errors"] = list(self.errors.get(client.job if client else b"", ()))
+        elif what == "store":
+            reply.update(used=self.allocator.used, capacity=self.allocator.capacity,
+                         objects=len(self.objects), spilled=self.spill.spilled_bytes)
+        else:
+            raise ValueError(f"unknown query {what!r}")
+        self.send(ident, Op.QUERY_REPLY, reply)
+
+    def node_table(self) -> List[dict]:
+        me = {"node_id": self.node_id.hex(), "alive": True, "address": self.address,
+              "node_ip": self.node_ip, "resources": self.resources,
+              "available": scheduling.from_units(self.available),
+              "store_capacity": self.arena.size, "store_used": self.allocator.used}
+        others = [n for n in self.cluster_nodes if n.get("node_id") != me["node_id"]]
+        return [me] + others
+
+    def cluster_resources(self):
+        total: Dict[str, float] = {}
+        available: Dict[str, float] = {}
+        for node in self.node_table():
+            if not node.get("alive"):
+                continue
+            for name, amount in node.get("resources", {}).items():
+                total[name] = total.get(name, 0) + amount
+            for name, amount in node.get("available", {}).items():
+                available[name] = available.get(name, 0) + max(0.0, amount)
+        available = {k: v for k, v in available.items() if v > 0}
+        return total, available
+
+    # ------------------------------------------------------------------ workers
+    def _start_template(self) -> subprocess.Popen:
+        log = open(os.path.join(self.session_dir, "logs", f"workers_{self.node_id.hex()[:8]}.log"),
+                   "ab")
+        env = dict(os.environ)
+        env["ZRAY_SESSION_DIR"] = self.session_dir
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "zray._private.worker_main", "--template",
+             "--agent", self.address, "--node", self.node_id.hex()],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, env=env,
+            close_fds=True)
+        log.close()
+        os.set_blocking(proc.stdout.fileno(), False)
+        return proc
+
+    def spawn_worker(self) -> None:
+        wid = protocol.new_id()
+        worker = WorkerRec(wid)
+        self.workers[wid] = worker
+        self.starting += 1
+        try:
+            self.template.stdin.write(f"spawn {wid.hex()}\n".encode())
+            self.template.stdin.flush()
+        except (BrokenPipeError, OSError):
+            logger.error("worker template is gone; restarting it")
+            self.template = self._start_template()
+            self.template.stdin.write(f"spawn {wid.hex()}\n".encode())
+            self.template.stdin.flush()
+
+    def read_template(self) -> None:
+        try:
+            chunk = os.read(self.template.stdout.fileno(), 65536)
+        except BlockingIOError:
+            return
+        if not chunk:
+            return
+        self.template_buf += chunk
+        *lines, self.template_buf = self.template_buf.split(b"\n")
+        for line in lines:
+            parts = line.decode(errors="replace").split()
+            if len(parts) >= 3 and parts[0] == "spawned":
+                worker = self.workers.get(bytes.fromhex(parts[1]))
+                if worker is not None:
+                    worker.pid = int(parts[2])
+                    self.workers_by_pid[worker.pid] = worker
+            elif len(parts) >= 3 and parts[0] == "exited":
+                worker = self.workers_by_pid.pop(int(parts[1]), None)
+                if worker is not None:
+                    self.worker_died(worker, parts[2])
+
+    def worker_died(self, worker: WorkerRec, status: str) -> None:
+        self.workers.pop(worker.wid, None)
+        self.workers_by_pid.pop(worker.pid, None)
+        if worker.state == "starting":
+            self.starting = max(0, self.starting - 1)
+        worker.state = "dead"
+        self.drop_client(worker.wid)
+        task = worker.task
+        if task is None:
+            return
+        self.release_worker(worker)
+        task.worker = None
+        if task.cancelled:
+            self.finish_with_error(task, exceptions.TaskCancelledError(
+                f"task {task.name} was cancelled (its worker was stopped)"))
+        elif task.retries_left > 0:
+            task.retries_left -= 1
+            task.state = WAITING
+            self.make_ready(task)
+        else:
+            self.finish_with_error(task, exceptions.WorkerCrashedError(
+                f"the worker running task {task.name} (pid {worker.pid}) died ({status}) "
+                f"and no retries were left"))
+
+    # ------------------------------------------------------------------ stop
+    def cleanup(self) -> None:
+        signal.set_wakeup_fd(-1)
+        try:
+            self.template.stdin.close()  # the template kills its workers and exits
+        except OSError:
+            pass
+        try:
+            self.template.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            self.template.kill()
+            self.template.wait()
+        for pid in list(self.workers_by_pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        self.router.close(0)
+        self.head.close(0)
+        self.ctx.term()
+        self.arena.close()
+        self.arena.unlink()
+        self.spill.cleanup()
+        try:
+            os.unlink(self.socket_path)
+        except OSError:
+            pass
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m zray._private.node")
+    parser.add_argument("--session-dir", required=True)
+    parser.add_argument("--node-id", required=True)
+    parser.add_argument("--head", required=True)
+    parser.add_argument("--resources", required=True, help="JSON: total resources")
+    parser.add_argument("--gpu-ids", default="")
+    parser.add_argument("--store-bytes", type=int, required=True)
+    parser.add_argument("--parent-pid", type=int, default=0)
+    parser.add_argument("--node-ip", default="127.0.0.1")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s node %(levelname)s %(message)s")
+    agent = Agent(session_dir=args.session_dir, node_id=bytes.fromhex(args.node_id),
+                  head_address=args.head, resources=json.loads(args.resources),
+                  gpu_ids=[int(g) for g in args.gpu_ids.split(",") if g],
+                  store_bytes=args.store_bytes, parent_pid=args.parent_pid or None,
+                  node_ip=args.node_ip)
+    ready_file = os.path.join(args.session_dir, f"agent_{args.node_id[:8]}.ready")
+    with open(ready_file, "w") as f:
+        f.write(agent.address)
+    agent.serve()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,143 @@
+"""Every message zray processes exchange, and how it is framed.
+
+A message is a list of ZeroMQ frames::
+
+    [header, *raw]
+
+``header`` is msgpack of ``[VERSION, op, body]`` where ``op`` is an :class:`Op`
+and ``body`` a dict of plain values.  Bulk bytes (object data, pickled
+arguments of large size) never go through msgpack: they follow the header as
+their own frames and are sent zero-copy.  A ROUTER peer sees the sender's
+identity frame in front of the header.
+
+This module is the one place that says what a message is; it imports nothing
+from the rest of zray.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from typing import Any, List, Sequence, Tuple
+
+import msgpack
+
+VERSION = 1
+
+#: Objects whose serialized size is at most this travel inline in messages.
+INLINE_THRESHOLD = 100 * 1024
+
+ID_SIZE = 16
+OBJECT_ID_SIZE = ID_SIZE + 4
+
+
+class Op(enum.IntEnum):
+    # client (driver or worker) -> node agent
+    HELLO = 1
+    EXPORT = 2          # a pickled function, sent once before its first task
+    SUBMIT = 3          # a batch of task specs
+    ADDREF = 4
+    DECREF = 5
+    FETCH = 6           # ask for objects; answered with OBJECT as each is ready
+    PUT = 7             # an inline object
+    ALLOC = 8           # reserve arena space for a large object
+    SEAL = 9            # a large object written into its reserved space
+    BLOCKED = 10        # worker waits in get/wait: lend its CPU
+    UNBLOCKED = 11
+    TASK_DONE = 12
+    LOG = 13
+    CANCEL = 14
+    QUERY = 15
+    BYE = 16
+    ABORT = 17          # give back an ALLOC that will never be sealed
+
+    # node agent -> client
+    WELCOME = 40
+    OBJECT = 41
+    EXECUTE = 42
+    ALLOC_REPLY = 43
+    QUERY_REPLY = 44
+    WARN = 45
+    INTERRUPT = 46      # cancel the running task (KeyboardInterrupt in it)
+    EXIT = 47           # retire this worker
+    ERROR = 48          # a request could not be served
+
+    # node agent <-> head
+    REGISTER = 60
+    REGISTERED = 61
+    HEARTBEAT = 62
+    HEARTBEAT_ACK = 63
+    HEAD_QUERY = 64
+    HEAD_REPLY = 65
+
+    # head PUB channel
+    PUB_NODE = 80
+
+
+class ObjectKind(enum.IntEnum):
+    INLINE = 0    # bytes in a message frame
+    SHARED = 1    # lives in the node's arena at an offset
+    ERROR = 2     # a pickled failure, inline
+
+
+class ProtocolError(Exception):
+    """A message that does not follow this module's rules."""
+
+
+_packb = msgpack.Packer(use_bin_type=True).pack
+
+
+def encode(op: Op, body: dict, *raw: Any) -> List[Any]:
+    """Frames for one message: the header, then raw bulk frames as given."""
+    return [_packb([VERSION, int(op), body]), *raw]
+
+
+def decode(frames: Sequence[Any]) -> Tuple[Op, dict, Sequence[Any]]:
+    """Split frames into (op, body, raw frames); raise ProtocolError on junk."""
+    if not frames:
+        raise ProtocolError("empty message")
+    try:
+        version, op, body = msgpack.unpackb(frames[0], raw=False, use_list=True)
+    except Exception as exc:  # msgpack raises several unrelated types
+        raise ProtocolError(f"unreadable header: {exc}") from None
+    if version != VERSION:
+        raise ProtocolError(f"protocol version {version!r}, expected {VERSION}")
+    try:
+        op = Op(op)
+    except ValueError:
+        raise ProtocolError(f"unknown op {op!r}") from None
+    if not isinstance(body, dict):
+        raise ProtocolError(f"{op.name} body is {type(body).__name__}, expected a map")
+    return op, body, frames[1:]
+
+
+def new_id() -> bytes:
+    return os.urandom(ID_SIZE)
+
+
+def object_id(task_id: bytes, index: int) -> bytes:
+    """The ID of a task's ``index``-th return: known before the task is sent."""
+    return task_id + index.to_bytes(4, "big")
+
+
+def task_of(oid: bytes) -> bytes:
+    return oid[:ID_SIZE]
+
+
+def align(n: int, alignment: int = 64) -> int:
+    return (n + alignment - 1) // alignment * alignment
+
+
+def layout(lengths: Sequence[int], alignment: int = 64) -> Tuple[List[List[int]], int]:
+    """Place segments one after another, each starting aligned.
+
+    Returns ``([[offset, length], ...], total)``; the same layout is used for
+    inline frames and for arena space, so readers treat both alike.
+    """
+    segments = []
+    cursor = 0
+    for length in lengths:
+        cursor = align(cursor, alignment)
+        segments.append([cursor, length])
+        cursor += length
+    return segments, cursor

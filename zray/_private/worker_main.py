@@ -1,0 +1,343 @@
+"""Workers, and the template they are forked from.
+
+::
+
+    node agent ──stdin: "spawn <id>"──▶ template (pre-imported, single thread)
+               ◀─stdout: "spawned <id> <pid>" / "exited <pid> <status>"
+                                           │ fork
+                                           ▼
+                                   worker ──DEALER──▶ node agent
+
+The template imports zray, numpy, cloudpickle and pyzmq once; a new worker
+is a fork of it and costs milliseconds.  The template creates no ZeroMQ
+context and no threads, so forking it is safe.  It reaps its children and
+reports each exit at once, which is how the agent sees a crashed worker
+without waiting for a heartbeat.  When the agent closes the template's
+stdin (or dies), the template kills its workers and exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import selectors
+import signal
+import sys
+import traceback
+from typing import Any, Dict, List, Optional
+
+import cloudpickle
+
+from zray import exceptions
+from zray._private import protocol, serialization, state
+from zray._private.client import Client, Descriptor, _Dep
+from zray._private.protocol import ObjectKind, Op
+
+
+# ---------------------------------------------------------------------- template
+def template_main(agent_address: str) -> None:
+    import numpy  # noqa: F401  (pre-import so workers start warm)
+    import zmq  # noqa: F401
+
+    children: set = set()
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's business
+    selector = selectors.DefaultSelector()
+    selector.register(0, selectors.EVENT_READ)
+    selector.register(wake_r, selectors.EVENT_READ)
+    pending = b""
+
+    def report(line: str) -> None:
+        os.write(1, (line + "\n").encode())
+
+    def reap() -> None:
+        while children:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            children.discard(pid)
+            report(f"exited {pid} {_describe_status(status)}")
+
+    try:
+        while True:
+            for key, _ in selector.select(timeout=1.0):
+                if key.fd == wake_r:
+                    os.read(wake_r, 512)
+                    continue
+                data = os.read(0, 65536)
+                if not data:
+                    return
+                pending += data
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    parts = line.decode().split()
+                    if len(parts) == 2 and parts[0] == "spawn":
+                        pid = os.fork()
+                        if pid == 0:
+                            _child(agent_address, bytes.fromhex(parts[1]), wake_r, wake_w)
+                        children.add(pid)
+                        report(f"spawned {parts[1]} {pid}")
+            reap()
+            if os.getppid() == 1:
+                return
+    finally:
+        for pid in children:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        for pid in list(children):
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
+
+
+def _describe_status(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        return f"signal-{os.WTERMSIG(status)}"
+    return f"exit-{os.WEXITSTATUS(status)}"
+
+
+def _child(agent_address: str, worker_id: bytes, wake_r: int, wake_w: int) -> None:
+    code = 0
+    try:
+        signal.set_wakeup_fd(-1)
+        os.close(wake_r)
+        os.close(wake_w)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)
+        os.close(devnull)
+        os.dup2(2, 1)  # the template's stdout is the agent's pipe: not for us
+        sys.stdin = open(os.devnull)
+        worker_loop(agent_address, worker_id)
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    finally:
+        os._exit(code)
+
+
+# ---------------------------------------------------------------------- worker
+class LogStream:
+    """sys.stdout/stderr of a worker: whole lines go to the driver of the task's job."""
+
+    def __init__(self, client: Client, err: bool) -> None:
+        self.client = client
+        self.err = err
+        self.partial = ""
+
+    def write(self, text: str) -> int:
+        if not isinstance(text, str):
+            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
+        self.partial += text
+        if "\n" in self.partial:
+            *lines, self.partial = self.partial.split("\n")
+            self._send(lines)
+        return len(text)
+
+    def flush(self) -> None:
+        if self.partial:
+            lines, self.partial = [self.partial], ""
+            self._send(lines)
+
+    def _send(self, lines: List[str]) -> None:
+        task = self.client.current_task or {}
+        self.client._send(protocol.encode(Op.LOG, {
+            "job": task.get("j", b""), "name": task.get("n", "worker"), "pid": os.getpid(),
+            "err": self.err, "lines": lines}))
+
+    def isatty(self) -> bool:
+        return False
+
+    def fileno(self) -> int:
+        return 2 if self.err else 1
+
+    @property
+    def encoding(self) -> str:
+        return "utf-8"
+
+
+class Worker:
+    def __init__(self, client: Client) -> None:
+        self.client = client
+        self.functions: Dict[bytes, Any] = {}
+        self.pid = os.getpid()
+        client.on_interrupt = self.on_interrupt
+
+    def on_interrupt(self, body: dict) -> None:
+        task = self.client.current_task
+        if task is not None and task["t"] == body.get("t"):
+            os.kill(self.pid, signal.SIGINT)
+
+    def loop(self) -> None:
+        client = self.client
+        while True:
+            try:
+                with client.task_ready:
+                    while not client.tasks:
+                        client.task_ready.wait()
+                    item = client.tasks.popleft()
+                if item is None:
+                    return  # connection lost
+                op, body, raw = item
+                if op == Op.EXIT:
+                    return
+                self.execute(body, raw)
+            except KeyboardInterrupt:
+                continue  # a cancel that arrived after its task ended
+
+    def execute(self, body: dict, raw: List[Any]) -> None:
+        client = self.client
+        spec = body["s"]
+        name = spec.get("n", "task")
+        returns = [protocol.object_id(spec["t"], i) for i in range(spec.get("r", 1))]
+        gpu_ids = body.get("gpus") or []
+        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpu_ids)
+        self.gpu_ids = gpu_ids
+        client.current_task = spec
+        client.job_id = spec.get("j", client.job_id)
+        results: List[dict] = []
+        frames: List[Any] = []
+        error_text = ""
+        try:
+            try:
+                fn = self.load_function(spec["f"], body, raw)
+                args, kwargs = self.load_args(spec, body, raw)
+                value = fn(*args, **kwargs)
+                values = self.split_returns(value, len(returns), name)
+            finally:
+                for stream in (sys.stdout, sys.stderr):
+                    try:
+                        stream.flush()
+                    except Exception:
+                        pass
+            for oid, item in zip(returns, values):
+                results.append(self.store_result(oid, item, frames, name))
+        except KeyboardInterrupt:
+            error_text = f"task {name} was interrupted"
+            data = serialization.system_error(exceptions.TaskCancelledError(
+                f"task {name} was cancelled while running"))
+            results, frames = self.error_results(returns, data)
+        except BaseException as exc:
+            error_text = f"{type(exc).__name__}: {exc}"
+            data = serialization.serialize_error(exc, name, self.pid)
+            results, frames = self.error_results(returns, data)
+        finally:
+            client.current_task = None
+        client._send(protocol.encode(Op.TASK_DONE, {"t": spec["t"], "res": results,
+                                                    "err": error_text}, *frames))
+
+    def error_results(self, returns: List[bytes], data: bytes):
+        return ([{"o": oid, "k": ObjectKind.ERROR, "l": [], "i": 0} for oid in returns],
+                [data])
+
+    def load_function(self, fid: bytes, body: dict, raw: List[Any]) -> Any:
+        fn = self.functions.get(fid)
+        if fn is None:
+            if "fi" not in body:
+                raise exceptions.ZrayError("the agent sent a task without its function")
+            try:
+                fn = cloudpickle.loads(raw[body["fi"]])
+            except Exception as exc:
+                raise exceptions.SerializationError(
+                    f"could not unpickle the function of task {body['s'].get('n')}: "
+                    f"{type(exc).__name__}: {exc}") from exc
+            self.functions[fid] = fn
+        return fn
+
+    def load_args(self, spec: dict, body: dict, raw: List[Any]):
+        values = []
+        for desc in body.get("deps", ()):
+            data = raw[desc["i"]] if "i" in desc else None
+            if data is not None and not isinstance(data, (bytes, bytearray, memoryview)):
+                data = data.buffer
+            d = Descriptor(desc["k"], desc["l"], data, desc.get("off", 0))
+            values.append(self.client.materialize(desc["o"], d))
+        if "ao" in spec:
+            args, kwargs = values[-1]
+        elif "a" in spec:
+            try:
+                args, kwargs = serialization.deserialize(memoryview(spec["a"]), spec["al"])
+            except Exception as exc:
+                raise exceptions.SerializationError(
+                    f"could not unpickle the arguments of task {spec.get('n')}: "
+                    f"{type(exc).__name__}: {exc}") from exc
+        else:
+            return (), {}
+        if values:
+            args = [values[a.index] if type(a) is _Dep else a for a in args]
+            kwargs = {k: values[v.index] if type(v) is _Dep else v for k, v in kwargs.items()}
+        return args, kwargs
+
+    @staticmethod
+    def split_returns(value: Any, count: int, name: str) -> List[Any]:
+        if count == 1:
+            return [value]
+        if count == 0:
+            return []
+        try:
+            values = list(value)
+        except TypeError:
+            raise ValueError(f"task {name} declares num_returns={count} but returned "
+                             f"a {type(value).__name__}, which is not a sequence") from None
+        if len(values) != count:
+            raise ValueError(f"task {name} declares num_returns={count} but returned "
+                             f"{len(values)} values")
+        return values
+
+    def store_result(self, oid: bytes, value: Any, frames: List[Any], name: str) -> dict:
+        ser = serialization.serialize(value, f"the return value of {name}")
+        result: dict = {"o": oid, "l": ser.layout}
+        if ser.contained:
+            result["c"] = ser.contained
+        if ser.size <= protocol.INLINE_THRESHOLD:
+            result["k"] = ObjectKind.INLINE
+            result["i"] = len(frames)
+            frames.append(ser.to_bytes())
+        else:
+            offset = self.client.allocate(oid, ser.size)
+            ser.write_into(self.client.arena.view(offset, ser.size))
+            result.update(k=ObjectKind.SHARED, off=offset, n=ser.size)
+        return result
+
+
+def worker_loop(agent_address: str, worker_id: bytes) -> None:
+    client = Client(agent_address, "worker", identity=worker_id, job_id=b"")
+    state.client = client
+    client.connect(pid=os.getpid())
+    worker = Worker(client)
+    state.worker = worker
+    sys.stdout = LogStream(client, err=False)
+    sys.stderr = LogStream(client, err=True)
+    try:
+        worker.loop()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:
+                pass
+        client.close()
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m zray._private.worker_main")
+    parser.add_argument("--template", action="store_true")
+    parser.add_argument("--agent", required=True)
+    parser.add_argument("--node", default="")
+    args = parser.parse_args(argv)
+    template_main(args.agent)
+
+
+if __name__ == "__main__":
+    main()
