@@ -20,6 +20,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from zray import exceptions
 from zray._private import protocol, state
+from zray.actor import ActorHandle, get_actor, kill, method
 from zray.object_ref import ObjectRef
 from zray.remote_function import make_remote
 
@@ -319,5 +320,6 @@ def get_runtime_context() -> RuntimeContext:
 __all__ = [
     "init", "shutdown", "is_initialized", "remote", "get", "put", "wait", "cancel",
     "get_gpu_ids", "cluster_resources", "available_resources", "nodes", "error_info",
-    "get_runtime_context", "ObjectRef", "exceptions", "__version__",
+    "get_runtime_context", "ObjectRef", "exceptions", "__version__", "method", "kill",
+    "get_actor", "ActorHandle",
 ]

@@ -237,7 +237,7 @@ class Client:
             self._ctx.term()
 
     def _check_liveness(self) -> None:
-        if self.agent_pid and not psutil.pid_exists(self.agent_pid):
+        if self.agent_pid and not _process_alive(self.agent_pid):
             self._mark_lost(f"the zray node agent (pid {self.agent_pid}) has died")
         elif self.kind == "worker" and os.getppid() == 1:
             self._mark_lost("the worker's parent process has exited")
@@ -531,6 +531,13 @@ class Client:
     def query(self, what: str, **extra: Any) -> dict:
         _, body, _ = self.request(Op.QUERY, {"what": what, **extra})
         return body
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def _error_from_reply(body: dict) -> Exception:

@@ -75,7 +75,7 @@ class Obj:
 
 class Task:
     __slots__ = ("spec", "tid", "name", "owner", "job", "demand", "gpus", "state", "worker",
-                 "retries_left", "cancelled", "held", "deps_left", "returns", "shape")
+                 "retries_left", "cancelled", "held", "deps_left", "returns", "shape", "actor")
 
     def __init__(self, spec: dict, owner: bytes) -> None:
         self.spec = spec
@@ -83,7 +83,7 @@ class Task:
         self.name: str = spec.get("n", "task")
         self.owner = owner
         self.job: bytes = spec.get("j", b"")
-        resources = spec.get("q") or {"CPU": 1.0}
+        resources = spec.get("q", {"CPU": 1.0})
         self.demand = scheduling.to_units(resources)
         self.gpus = float(resources.get("GPU", 0))
         self.shape = tuple(sorted(self.demand.items()))
@@ -95,6 +95,33 @@ class Task:
         self.held: List[bytes] = []
         self.deps_left = 0
         self.returns = [protocol.object_id(self.tid, i) for i in range(spec.get("r", 1))]
+        self.actor: Optional[ActorRec] = None
+
+
+class ActorRec:
+    """An actor on this node: its worker, its calls in order, and its fate."""
+
+    __slots__ = ("aid", "spec", "owner", "worker", "state", "queue", "inflight",
+                 "restarts_left", "name", "detached", "cause", "anchor", "killed", "exiting",
+                 "held")
+
+    def __init__(self, spec: dict, owner: bytes) -> None:
+        self.aid: bytes = spec["A"]
+        self.spec = spec
+        self.owner = owner
+        self.worker: Optional[WorkerRec] = None
+        self.state = "pending"        # pending, alive, restarting, dead
+        self.queue: Deque[Task] = collections.deque()
+        self.inflight: Dict[bytes, Task] = {}
+        restarts = int(spec.get("mr", 0))
+        self.restarts_left = restarts if restarts >= 0 else 1 << 62
+        self.name: Optional[str] = spec.get("nm")
+        self.detached = bool(spec.get("det"))
+        self.cause = ""
+        self.anchor = protocol.object_id(spec["t"], 0)
+        self.killed = False
+        self.exiting = False
+        self.held: List[bytes] = []   # constructor arguments, kept for restarts
 
 
 class ClientRec:
@@ -111,7 +138,7 @@ class ClientRec:
 
 class WorkerRec:
     __slots__ = ("wid", "pid", "state", "task", "holding", "gpu_ids", "functions", "calls",
-                 "blocked")
+                 "blocked", "actor")
 
     def __init__(self, wid: bytes) -> None:
         self.wid = wid
@@ -123,6 +150,7 @@ class WorkerRec:
         self.functions: set = set()
         self.calls: Dict[bytes, int] = collections.Counter()
         self.blocked = False
+        self.actor: Optional[ActorRec] = None
 
 
 class Agent:
@@ -161,6 +189,9 @@ class Agent:
             lambda: collections.deque(maxlen=1000))
         self.drivers_by_job: Dict[bytes, bytes] = {}
         self.cluster_nodes: List[dict] = []
+        self.actors: Dict[bytes, ActorRec] = {}
+        self.anchors: Dict[bytes, ActorRec] = {}
+        self.names: Dict[str, dict] = {}
         self.running = True
 
         self.ctx = zmq.Context()
@@ -196,7 +227,7 @@ class Agent:
             Op.ABORT: self.on_abort, Op.BLOCKED: self.on_blocked,
             Op.UNBLOCKED: self.on_unblocked, Op.TASK_DONE: self.on_task_done,
             Op.LOG: self.on_log, Op.CANCEL: self.on_cancel, Op.QUERY: self.on_query,
-            Op.BYE: self.on_bye,
+            Op.BYE: self.on_bye, Op.KILL: self.on_kill,
         }
 
     # ------------------------------------------------------------------ loop
@@ -229,7 +260,10 @@ class Agent:
                     self.read_template()
                 if self.wake_r in events:
                     os.read(self.wake_r, 512)
-                self.dispatch()
+                try:
+                    self.dispatch()
+                except Exception:
+                    logger.exception("dispatch failed")  # the loop lives on
                 now = time.monotonic()
                 if now >= next_beat:
                     next_beat = now + HEARTBEAT_INTERVAL
@@ -258,9 +292,11 @@ class Agent:
         try:
             handler(ident, body, raw)
         except Exception as exc:
-            logger.exception("handler %s failed", op.name)
+            if not isinstance(exc, ValueError):
+                logger.exception("handler %s failed", op.name)
+            msg = str(exc) if isinstance(exc, ValueError) else f"{op.name} failed: {exc}"
             self.send(ident, Op.ERROR, {"req": body.get("req", 0), "type": type(exc).__name__,
-                                        "msg": f"{op.name} failed: {exc}"})
+                                        "msg": msg})
 
     def send(self, ident: bytes, op: Op, body: dict, *raw: Any) -> bool:
         try:
@@ -370,6 +406,9 @@ class Agent:
 
     def free(self, oid: bytes, obj: Obj) -> None:
         del self.objects[oid]
+        actor = self.anchors.pop(oid, None)
+        if actor is not None:
+            self.retire_actor(actor)  # the last handle is gone
         if obj.kind == ObjectKind.SHARED:
             if obj.spilled:
                 self.spill.discard(oid)
@@ -528,6 +567,20 @@ class Agent:
         if task.tid in self.tasks:
             return
         self.tasks[task.tid] = task
+        dead_actor = None
+        if "A" in spec:
+            if spec.get("new"):
+                actor = ActorRec(spec, client.ident)
+                self.actors[actor.aid] = actor
+                self.anchors[actor.anchor] = actor
+            else:
+                actor = self.actors.get(spec["A"])
+                if actor is None or actor.state == "dead":
+                    dead_actor = actor.cause if actor is not None else \
+                        f"actor {spec['A'].hex()} is not known to this node"
+                else:
+                    actor.queue.append(task)
+            task.actor = actor
         for oid in task.returns:
             obj = self.objects.get(oid)
             if obj is None:
@@ -543,6 +596,16 @@ class Agent:
                 continue
             obj.refs += 1
             task.held.append(oid)
+        if dead_actor is not None:
+            self.finish_with_error(task, exceptions.ActorDiedError(
+                f"cannot call {task.name}: {dead_actor}"))
+            return
+        if task.actor is not None and spec.get("new"):
+            if spec.get("det"):
+                self.objects[task.actor.anchor].refs += 1  # detached: lives until killed
+            for oid in task.held:
+                self.objects[oid].refs += 1
+                task.actor.held.append(oid)
         if lost is not None:
             self.finish_with_error(task, exceptions.ObjectLostError(
                 f"task {task.name}: argument {lost.hex()} is not known to this node "
@@ -562,6 +625,10 @@ class Agent:
             if obj is not None and obj.kind == ObjectKind.ERROR:
                 self.finish_with_error_data(task, obj.data)  # same root cause
                 return
+        if task.actor is not None and not task.spec.get("new"):
+            task.state = QUEUED
+            self.pump_actor(task.actor)
+            return
         missing = scheduling.missing(self.total, task.demand)
         if missing:
             task.state = QUEUED
@@ -635,6 +702,12 @@ class Agent:
         worker.task = task
         task.worker = worker
         task.state = RUNNING
+        if task.actor is not None:
+            worker.actor = task.actor
+            task.actor.worker = worker
+        self.execute_on(worker, task)
+
+    def execute_on(self, worker: WorkerRec, task: Task) -> None:
         spec = task.spec
         frames: List[Any] = []
         deps = []
@@ -644,9 +717,9 @@ class Agent:
                 desc["i"] = len(frames)
                 frames.append(data)
             deps.append(desc)
-        body = {"s": spec, "deps": deps, "gpus": gpu_ids}
+        body = {"s": spec, "deps": deps, "gpus": worker.gpu_ids}
         fid = spec["f"]
-        if fid not in worker.functions:
+        if fid and fid not in worker.functions:
             blob = self.functions.get(fid)
             if blob is None:
                 self.finish_with_error(task, exceptions.ZrayError(
@@ -674,7 +747,12 @@ class Agent:
 
     def on_task_done(self, ident: bytes, body: dict, raw) -> None:
         worker = self.workers.get(ident)
-        if worker is None or worker.task is None:
+        if worker is None:
+            return
+        if worker.actor is not None:
+            self.actor_task_done(worker, worker.actor, body, raw)
+            return
+        if worker.task is None:
             return
         task = worker.task
         fid = task.spec["f"]
@@ -694,6 +772,10 @@ class Agent:
             self.finish_with_error(task, exceptions.TaskCancelledError(
                 f"task {task.name} was cancelled"))
             return
+        self.seal_results(task, body, raw)
+        self.finish(task)
+
+    def seal_results(self, task: Task, body: dict, raw) -> None:
         for result in body.get("res", ()):
             oid = result["o"]
             self.pending_allocs.pop(oid, None)
@@ -707,7 +789,125 @@ class Agent:
                       result.get("c", ()))
             if result["k"] == ObjectKind.ERROR:
                 self.record_error(task, body.get("err", ""))
+
+    # ------------------------------------------------------------------ actors
+    def actor_task_done(self, worker: WorkerRec, actor: ActorRec, body: dict, raw) -> None:
+        task = self.tasks.get(body.get("t", b""))
+        if task is None:
+            return
+        if task.spec.get("new"):
+            worker.task = None
+            worker.state = "actor"
+            task.worker = None
+            self.seal_results(task, body, raw)
+            self.finish(task)
+            if body.get("err"):
+                actor.cause = f"the actor's constructor raised: {body['err']}"
+                actor.killed = True
+                self.send(worker.wid, Op.EXIT, {})
+                self.actor_dead(actor)
+            else:
+                actor.state = "alive"
+                self.pump_actor(actor)
+            return
+        actor.inflight.pop(task.tid, None)
+        self.seal_results(task, body, raw)
         self.finish(task)
+        if actor.exiting:
+            self.retire_actor(actor)
+
+    def pump_actor(self, actor: ActorRec) -> None:
+        """Send an actor its ready calls, in submission order."""
+        if actor.state != "alive" or actor.worker is None:
+            return
+        queue = actor.queue
+        while queue:
+            task = queue[0]
+            if task.state == FINISHED:
+                queue.popleft()
+                continue
+            if task.state != QUEUED:
+                return  # an earlier call still waits for its arguments
+            queue.popleft()
+            task.state = RUNNING
+            task.worker = actor.worker
+            actor.inflight[task.tid] = task
+            self.execute_on(actor.worker, task)
+
+    def on_kill(self, ident: bytes, body: dict, raw) -> None:
+        actor = self.actors.get(body["A"])
+        if actor is None or actor.state == "dead":
+            return
+        if body.get("no_restart", True):
+            actor.killed = True
+            actor.cause = "the actor was killed by zray.kill()"
+        if actor.worker is not None and actor.worker.pid:
+            try:
+                os.kill(actor.worker.pid, signal.SIGKILL)
+            except OSError:
+                pass
+        elif actor.killed:
+            self.actor_dead(actor)
+
+    def retire_actor(self, actor: ActorRec) -> None:
+        """No handle is left: let queued calls finish, then end the actor."""
+        if actor.state == "dead" or actor.detached:
+            return
+        actor.exiting = True
+        if actor.queue or actor.inflight:
+            return
+        actor.killed = True
+        actor.cause = "every handle to the actor is gone"
+        if actor.worker is not None:
+            self.send(actor.worker.wid, Op.EXIT, {})
+        else:
+            self.actor_dead(actor)
+
+    def actor_worker_died(self, worker: WorkerRec, actor: ActorRec, status: str) -> None:
+        scheduling.release(self.available, worker.holding)
+        if worker.gpu_ids:
+            self.gpus.release(worker.gpu_ids, float(actor.spec.get("q", {}).get("GPU", 0)))
+        worker.holding = {}
+        actor.worker = None
+        inflight, actor.inflight = actor.inflight, {}
+        why = actor.cause or f"the actor's worker (pid {worker.pid}) died ({status})"
+        for task in inflight.values():
+            self.finish_with_error(task, exceptions.ActorDiedError(
+                f"{task.name} did not finish: {why}"))
+        creating = worker.task
+        worker.task = None
+        if creating is not None and creating.state != FINISHED:
+            self.tasks.pop(creating.tid, None)
+        if not actor.killed and actor.restarts_left > 0:
+            actor.restarts_left -= 1
+            actor.state = "restarting"
+            restart = Task(actor.spec, actor.owner)
+            restart.actor = actor
+            self.tasks[restart.tid] = restart
+            self.make_ready(restart)  # its arguments are held by the actor
+            return
+        if creating is not None and creating.state != FINISHED:
+            self.finish_with_error(creating, exceptions.ActorDiedError(why))
+        actor.cause = why
+        self.actor_dead(actor)
+
+    def actor_dead(self, actor: ActorRec) -> None:
+        actor.state = "dead"
+        self.anchors.pop(actor.anchor, None)
+        if actor.name and self.names.get(actor.name, {}).get("aid") == actor.aid:
+            del self.names[actor.name]
+        queued, actor.queue = actor.queue, collections.deque()
+        for task in queued:
+            if task.state != FINISHED:
+                self.unwait(task)
+                self.finish_with_error(task, exceptions.ActorDiedError(
+                    f"cannot run {task.name}: {actor.cause}"))
+        held, actor.held = actor.held, []
+        for oid in held:
+            self.decref(oid)
+        if actor.detached and actor.anchor in self.objects:
+            actor.detached = False
+            self.decref(actor.anchor)
 
     def finish(self, task: Task) -> None:
         task.state = FINISHED
@@ -756,10 +956,7 @@ class Agent:
         if task is None or task.state == FINISHED:
             return
         if task.state in (WAITING, QUEUED):
-            for oid in task.spec.get("d", ()):
-                obj = self.objects.get(oid)
-                if obj is not None and task in obj.waiting:
-                    obj.waiting.remove(task)
+            self.unwait(task)
             if task in self.infeasible:
                 self.infeasible.remove(task)
             task.state = FINISHED  # queues skip it lazily
@@ -778,6 +975,12 @@ class Agent:
         else:
             self.send(worker.wid, Op.INTERRUPT, {"t": task.tid})
 
+    def unwait(self, task: Task) -> None:
+        for oid in task.spec.get("d", ()):
+            obj = self.objects.get(oid)
+            if obj is not None and task in obj.waiting:
+                obj.waiting.remove(task)
+
     def on_log(self, ident: bytes, body: dict, raw) -> None:
         driver = self.drivers_by_job.get(body.get("job", b""))
         if driver is not None:
@@ -794,6 +997,19 @@ class Agent:
         elif what == "errors":
             client = self.clients.get(ident)
             reply["errors"] = list(self.errors.get(client.job if client else b"", ()))
+        elif what == "reserve_name":
+            name = body["name"]
+            taken = self.names.get(name)
+            if taken is not None:
+                raise ValueError(f"an actor named {name!r} already exists; pick another "
+                                 f"name or use zray.get_actor({name!r})")
+            self.names[name] = {"aid": body["aid"], "meta": body["meta"],
+                                "anchor": body["anchor"]}
+        elif what == "actor":
+            entry = self.names.get(body["name"])
+            if entry is None:
+                raise ValueError(f"no live actor is named {body['name']!r}")
+            reply.update(entry)
         elif what == "store":
             reply.update(used=self.allocator.used, capacity=self.allocator.capacity,
                          objects=len(self.objects), spilled=self.spill.spilled_bytes)
@@ -879,6 +1095,9 @@ class Agent:
             self.starting = max(0, self.starting - 1)
         worker.state = "dead"
         self.drop_client(worker.wid)
+        if worker.actor is not None:
+            self.actor_worker_died(worker, worker.actor, status)
+            return
         task = worker.task
         if task is None:
             return

@@ -50,6 +50,7 @@ class Op(enum.IntEnum):
     QUERY = 15
     BYE = 16
     ABORT = 17          # give back an ALLOC that will never be sealed
+    KILL = 18           # end an actor
 
     # node agent -> client
     WELCOME = 40

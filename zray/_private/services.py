@@ -24,7 +24,7 @@ from zray._private import protocol
 
 
 def session_root() -> str:
-    root = os.path.join(os.environ.get("ZRAY_TMPDIR", tempfile.gettempdir()), "zray")
+    root = os.path.join(os.environ.get("ZRAY_TMPDIR", tempfile.gettempdir()), "zray_sessions")
     os.makedirs(root, mode=0o700, exist_ok=True)
     return root
 

@@ -19,12 +19,14 @@ stdin (or dies), the template kills its workers and exits.
 from __future__ import annotations
 
 import argparse
+import functools
+import inspect
 import os
 import selectors
 import signal
 import sys
 import traceback
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import cloudpickle
 
@@ -172,6 +174,11 @@ class Worker:
         self.client = client
         self.functions: Dict[bytes, Any] = {}
         self.pid = os.getpid()
+        self.gpu_ids: List[int] = []
+        self.actor: Any = None
+        self.actor_error = ""
+        self.actor_class_name = ""
+        self.actor_runner: Optional[Callable[[dict, List[Any]], Any]] = None
         client.on_interrupt = self.on_interrupt
 
     def on_interrupt(self, body: dict) -> None:
@@ -197,45 +204,146 @@ class Worker:
                 continue  # a cancel that arrived after its task ended
 
     def execute(self, body: dict, raw: List[Any]) -> None:
+        spec = body["s"]
+        if "meth" in spec and self.actor_runner is not None:
+            self.actor_runner(body, raw)  # threaded or async actor: runs concurrently
+        else:
+            self.run_task(body, raw)
+
+    def run_task(self, body: dict, raw: List[Any]) -> None:
         client = self.client
         spec = body["s"]
-        name = spec.get("n", "task")
-        returns = [protocol.object_id(spec["t"], i) for i in range(spec.get("r", 1))]
         gpu_ids = body.get("gpus") or []
-        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpu_ids)
-        self.gpu_ids = gpu_ids
+        if gpu_ids or self.gpu_ids:
+            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpu_ids)
+            self.gpu_ids = gpu_ids
         client.current_task = spec
         client.job_id = spec.get("j", client.job_id)
+        try:
+            try:
+                fn, args, kwargs = self.prepare(spec, body, raw)
+                value = fn(*args, **kwargs)
+            finally:
+                self.flush_output()
+        except KeyboardInterrupt:
+            self.complete(spec, None, KeyboardInterrupt())
+        except BaseException as exc:
+            self.complete(spec, None, exc)
+        else:
+            self.complete(spec, value, None)
+        finally:
+            client.current_task = None
+
+    @staticmethod
+    def flush_output() -> None:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:
+                pass
+
+    def prepare(self, spec: dict, body: dict, raw: List[Any]):
+        """The callable and arguments of a task, actor creation or actor call."""
+        if "meth" in spec:
+            fn = self.actor_method(spec)
+        elif spec.get("new"):
+            cls = self.load_function(spec["f"], body, raw)
+            fn = functools.partial(self.create_actor, cls, spec)
+        else:
+            fn = self.load_function(spec["f"], body, raw)
+        args, kwargs = self.load_args(spec, body, raw)
+        return fn, args, kwargs
+
+    def complete(self, spec: dict, value: Any, exc: Optional[BaseException]) -> None:
+        """Store a task's results (or its failure) and tell the agent."""
+        name = spec.get("n", "task")
+        returns = [protocol.object_id(spec["t"], i) for i in range(spec.get("r", 1))]
         results: List[dict] = []
         frames: List[Any] = []
         error_text = ""
-        try:
+        if exc is None:
             try:
-                fn = self.load_function(spec["f"], body, raw)
-                args, kwargs = self.load_args(spec, body, raw)
-                value = fn(*args, **kwargs)
                 values = self.split_returns(value, len(returns), name)
-            finally:
-                for stream in (sys.stdout, sys.stderr):
-                    try:
-                        stream.flush()
-                    except Exception:
-                        pass
-            for oid, item in zip(returns, values):
-                results.append(self.store_result(oid, item, frames, name))
-        except KeyboardInterrupt:
+                for oid, item in zip(returns, values):
+                    results.append(self.store_result(oid, item, frames, name))
+            except BaseException as store_exc:
+                exc = store_exc
+        if isinstance(exc, KeyboardInterrupt):
             error_text = f"task {name} was interrupted"
             data = serialization.system_error(exceptions.TaskCancelledError(
                 f"task {name} was cancelled while running"))
             results, frames = self.error_results(returns, data)
-        except BaseException as exc:
+        elif exc is not None:
             error_text = f"{type(exc).__name__}: {exc}"
-            data = serialization.serialize_error(exc, name, self.pid)
+            if isinstance(exc, exceptions.ActorDiedError):
+                data = serialization.system_error(exc)
+            else:
+                data = serialization.serialize_error(exc, name, self.pid)
             results, frames = self.error_results(returns, data)
-        finally:
-            client.current_task = None
-        client._send(protocol.encode(Op.TASK_DONE, {"t": spec["t"], "res": results,
-                                                    "err": error_text}, *frames))
+        self.client._send(protocol.encode(Op.TASK_DONE, {"t": spec["t"], "res": results,
+                                                         "err": error_text}, *frames))
+
+    # ------------------------------------------------------------------ actors
+    def create_actor(self, cls: type, spec: dict, *args: Any, **kwargs: Any) -> None:
+        self.actor_class_name = spec.get("cls", cls.__name__)
+        try:
+            self.actor = cls(*args, **kwargs)
+        except BaseException as exc:
+            tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+            self.actor_error = f"{type(exc).__name__}: {exc}\n{tb}"
+            raise
+        concurrency = int(spec.get("mc", 1))
+        if spec.get("as"):
+            self.start_event_loop(concurrency)
+        elif concurrency > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            pool = ThreadPoolExecutor(concurrency, thread_name_prefix="zray-actor")
+            self.actor_runner = lambda body, raw: pool.submit(self.run_task, body, raw)
+
+    def actor_method(self, spec: dict) -> Any:
+        if self.actor is None:
+            raise exceptions.ActorDiedError(
+                f"actor {self.actor_class_name} is not available: its constructor raised: "
+                f"{self.actor_error or 'it was never created'}")
+        try:
+            return getattr(self.actor, spec["meth"])
+        except AttributeError:
+            raise AttributeError(f"actor {self.actor_class_name} has no method "
+                                 f"{spec['meth']!r}") from None
+
+    def start_event_loop(self, concurrency: int) -> None:
+        import asyncio
+        import threading
+
+        loop = asyncio.new_event_loop()
+        ready = threading.Event()
+        limit: List[Any] = []
+
+        def run_loop() -> None:
+            asyncio.set_event_loop(loop)
+            limit.append(asyncio.Semaphore(concurrency))
+            ready.set()
+            loop.run_forever()
+
+        threading.Thread(target=run_loop, name="zray-actor-loop", daemon=True).start()
+        ready.wait()
+
+        async def call(body: dict, raw: List[Any]) -> None:
+            spec = body["s"]
+            async with limit[0]:
+                try:
+                    fn, args, kwargs = self.prepare(spec, body, raw)
+                    value = fn(*args, **kwargs)
+                    if inspect.isawaitable(value):
+                        value = await value
+                except BaseException as exc:
+                    self.complete(spec, None, exc)
+                else:
+                    self.complete(spec, value, None)
+
+        self.actor_runner = lambda body, raw: asyncio.run_coroutine_threadsafe(
+            call(body, raw), loop)
 
     def error_results(self, returns: List[bytes], data: bytes):
         return ([{"o": oid, "k": ObjectKind.ERROR, "l": [], "i": 0} for oid in returns],
