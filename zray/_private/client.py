@@ -78,6 +78,16 @@ class ConnectionLost(exceptions.NodeDiedError):
     pass
 
 
+class _Waiter:
+    """One blocked get/wait: how many more objects it needs, and its wake-up."""
+
+    __slots__ = ("needed", "event")
+
+    def __init__(self, needed: int) -> None:
+        self.needed = needed
+        self.event = threading.Event()
+
+
 class Client:
     def __init__(self, agent_address: str, kind: str, *, identity: Optional[bytes] = None,
                  job_id: Optional[bytes] = None, agent_pid: Optional[int] = None) -> None:
@@ -97,6 +107,7 @@ class Client:
         self._cache: Dict[bytes, Descriptor] = {}
         self._requested: set = set()
         self._callbacks: Dict[bytes, List[Callable[[], None]]] = {}
+        self._waiting: Dict[bytes, List[_Waiter]] = {}
         self._cond = threading.Condition()
         self._replies: Dict[int, Tuple[Op, dict, Sequence[Any]]] = {}
         self._req_ids = itertools.count(1)
@@ -246,6 +257,9 @@ class Client:
         self.lost = why
         self._welcomed.set()
         with self._cond:
+            for waiters in self._waiting.values():
+                for waiter in waiters:
+                    waiter.event.set()
             self._cond.notify_all()
         with self.task_ready:
             self.tasks.append(None)
@@ -288,7 +302,10 @@ class Client:
             if oid in self._refs:
                 self._cache[oid] = Descriptor.from_message(body, raw)
                 callbacks = self._callbacks.pop(oid, None)
-            self._cond.notify_all()
+            for waiter in self._waiting.pop(oid, ()):
+                waiter.needed -= 1
+                if waiter.needed <= 0:
+                    waiter.event.set()
         if callbacks:
             for callback in callbacks:
                 callback()
@@ -401,27 +418,40 @@ class Client:
                      timeout: Optional[float]) -> bool:
         """Block until ``num_ready`` of ``oids`` are cached; False on timeout."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        blocked = False
+        with self._cond:
+            missing = self._request_missing(oids)
+            if len(oids) - len(missing) >= num_ready:
+                return True
+            self._raise_if_lost()
+            waiter = _Waiter(num_ready - (len(oids) - len(missing)))
+            for oid in missing:
+                self._waiting.setdefault(oid, []).append(waiter)
+        blocked = self.kind == "worker" and self.current_task is not None
+        if blocked:
+            self._send(protocol.encode(Op.BLOCKED, {}))
         try:
-            with self._cond:
-                while True:
-                    missing = self._request_missing(oids)
-                    if len(oids) - len(missing) >= num_ready:
-                        return True
-                    self._raise_if_lost()
-                    if not blocked and self.kind == "worker" and self.current_task is not None:
-                        blocked = True
-                        self._send(protocol.encode(Op.BLOCKED, {}))
-                    if deadline is None:
-                        self._cond.wait(1.0)
-                    else:
-                        left = deadline - time.monotonic()
-                        if left <= 0:
-                            return False
-                        self._cond.wait(min(left, 1.0))
+            while not waiter.event.is_set():
+                self._raise_if_lost()
+                if deadline is None:
+                    waiter.event.wait(1.0)
+                else:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return False
+                    waiter.event.wait(min(left, 1.0))
+            self._raise_if_lost()
+            return True
         finally:
             if blocked:
                 self._send(protocol.encode(Op.UNBLOCKED, {}))
+            if not waiter.event.is_set():
+                with self._cond:
+                    for oid in missing:
+                        waiters = self._waiting.get(oid)
+                        if waiters and waiter in waiters:
+                            waiters.remove(waiter)
+                            if not waiters:
+                                del self._waiting[oid]
 
     def get(self, refs: Sequence[ObjectRef], timeout: Optional[float]) -> List[Any]:
         oids = [r._id for r in refs]

@@ -300,7 +300,10 @@ class Agent:
 
     def send(self, ident: bytes, op: Op, body: dict, *raw: Any) -> bool:
         try:
-            self.router.send_multipart([ident, *protocol.encode(op, body, *raw)], copy=False)
+            frames = [ident, *protocol.encode(op, body, *raw)]
+            # Zero-copy sends cost more than a memcpy for small frames.
+            big = any(len(f) > 65536 for f in raw) if raw else False
+            self.router.send_multipart(frames, copy=not big)
             return True
         except zmq.ZMQError as exc:
             if exc.errno == zmq.EHOSTUNREACH:
@@ -657,7 +660,7 @@ class Agent:
 
     def dispatch(self) -> None:
         """Start queued tasks whose resources fit, on idle workers."""
-        for shape, queue in list(self.queues.items()):
+        for queue in list(self.queues.values()):
             while queue:
                 task = queue[0]
                 if task.state != QUEUED:
@@ -1164,7 +1167,14 @@ def main(argv: Optional[List[str]] = None) -> None:
     ready_file = os.path.join(args.session_dir, f"agent_{args.node_id[:8]}.ready")
     with open(ready_file, "w") as f:
         f.write(agent.address)
-    agent.serve()
+    profile_dir = os.environ.get("ZRAY_PROFILE_DIR")
+    if profile_dir:  # a developer's switch: dump the agent's profile at exit
+        import cProfile
+
+        cProfile.runctx("agent.serve()", globals(), {"agent": agent},
+                        os.path.join(profile_dir, f"agent_{os.getpid()}.prof"))
+    else:
+        agent.serve()
 
 
 if __name__ == "__main__":

@@ -110,7 +110,9 @@ def pinned_buffer(view: memoryview, keeper: Any) -> Any:
     arr = np.frombuffer(view, dtype=np.uint8).view(_pinned())
     arr.flags.writeable = False
     arr._zray_keeper = keeper
-    return arr
+    # A memoryview, not the array: numpy collapses chains of array bases to the
+    # memory's owner, which would drop this holder; a memoryview base keeps it.
+    return memoryview(arr)
 
 
 def serialize_error(exc: BaseException, task_name: str, pid: int) -> bytes:

@@ -427,8 +427,15 @@ def worker_loop(agent_address: str, worker_id: bytes) -> None:
     state.worker = worker
     sys.stdout = LogStream(client, err=False)
     sys.stderr = LogStream(client, err=True)
+    profile_dir = os.environ.get("ZRAY_PROFILE_DIR")
     try:
-        worker.loop()
+        if profile_dir:  # a developer's switch: dump each worker's profile at exit
+            import cProfile
+
+            cProfile.runctx("worker.loop()", globals(), {"worker": worker},
+                            os.path.join(profile_dir, f"worker_{os.getpid()}.prof"))
+        else:
+            worker.loop()
     finally:
         for stream in (sys.stdout, sys.stderr):
             try:
