@@ -277,7 +277,7 @@ class Client:
             with self.task_ready:
                 self.tasks.append((op, body, raw))
                 self.task_ready.notify()
-        elif op in (Op.ALLOC_REPLY, Op.QUERY_REPLY, Op.ERROR):
+        elif op in (Op.ALLOC_REPLY, Op.QUERY_REPLY, Op.PIN_REPLY, Op.ERROR):
             with self._cond:
                 self._replies[body.get("req", 0)] = (op, body, raw)
                 self._cond.notify_all()
@@ -470,9 +470,13 @@ class Client:
             return serialization.deserialize(memoryview(desc.data), desc.layout)
         if kind == ObjectKind.SHARED:
             arena = self.attach_arena()
+            # Pinning asks the agent where the bytes are now (a spilled object
+            # comes back) and keeps them from being spilled while views live.
+            _, body, _ = self.request(Op.PIN, {"o": oid})
+            offset = body["off"]
             size = desc.layout[-1][0] + desc.layout[-1][1]
-            view = arena.buf[desc.offset:desc.offset + size].toreadonly()
-            keeper = ObjectRef(oid)
+            view = arena.buf[offset:offset + size].toreadonly()
+            keeper = _Pin(self, ObjectRef(oid))
             return serialization.deserialize(
                 view, desc.layout, lambda v: serialization.pinned_buffer(v, keeper))
         raise serialization.load_error(desc.data)
@@ -482,6 +486,10 @@ class Client:
         oid = ref._id
 
         def resolve() -> None:
+            if threading.current_thread() is self._thread:
+                # Reading a shared object needs a round trip this thread serves.
+                threading.Thread(target=resolve, daemon=True).start()
+                return
             try:
                 future.set_result(self.materialize(oid, self._cache[oid]))
             except BaseException as exc:
@@ -561,6 +569,21 @@ class Client:
     def query(self, what: str, **extra: Any) -> dict:
         _, body, _ = self.request(Op.QUERY, {"what": what, **extra})
         return body
+
+
+class _Pin:
+    """Held by every view of one read of a shared object; unpins when they are gone."""
+
+    __slots__ = ("client", "ref")
+
+    def __init__(self, client: Client, ref: ObjectRef) -> None:
+        self.client = client
+        self.ref = ref
+
+    def __del__(self) -> None:
+        client = self.client
+        if not client.closed:
+            client._send_item(("ref", Op.UNPIN, self.ref._id))
 
 
 def _process_alive(pid: int) -> bool:

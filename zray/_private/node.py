@@ -56,7 +56,7 @@ def _system_error(exc: BaseException) -> bytes:
 
 class Obj:
     __slots__ = ("state", "kind", "layout", "size", "data", "offset", "refs", "contained",
-                 "waiting", "fetchers", "spilled", "owner")
+                 "waiting", "fetchers", "spilled", "owner", "pins")
 
     def __init__(self) -> None:
         self.state = PENDING
@@ -71,6 +71,7 @@ class Obj:
         self.fetchers: set = set()
         self.spilled = False
         self.owner: Optional[bytes] = None
+        self.pins = 0      # live views in some process: never spilled while > 0
 
 
 class Task:
@@ -125,7 +126,7 @@ class ActorRec:
 
 
 class ClientRec:
-    __slots__ = ("ident", "kind", "pid", "job", "held", "worker")
+    __slots__ = ("ident", "kind", "pid", "job", "held", "worker", "pins")
 
     def __init__(self, ident: bytes, kind: str, pid: int, job: bytes) -> None:
         self.ident = ident
@@ -134,6 +135,7 @@ class ClientRec:
         self.job = job
         self.held: set = set()
         self.worker: Optional[WorkerRec] = None
+        self.pins: Dict[bytes, int] = collections.Counter()
 
 
 class WorkerRec:
@@ -227,7 +229,8 @@ class Agent:
             Op.ABORT: self.on_abort, Op.BLOCKED: self.on_blocked,
             Op.UNBLOCKED: self.on_unblocked, Op.TASK_DONE: self.on_task_done,
             Op.LOG: self.on_log, Op.CANCEL: self.on_cancel, Op.QUERY: self.on_query,
-            Op.BYE: self.on_bye, Op.KILL: self.on_kill,
+            Op.BYE: self.on_bye, Op.KILL: self.on_kill, Op.PIN: self.on_pin,
+            Op.UNPIN: self.on_unpin,
         }
 
     # ------------------------------------------------------------------ loop
@@ -372,6 +375,10 @@ class Agent:
         client = self.clients.pop(ident, None)
         if client is None:
             return
+        for oid, count in client.pins.items():
+            obj = self.objects.get(oid)
+            if obj is not None:
+                obj.pins -= count
         for oid in client.held:
             self.decref(oid)
         if client.kind == "driver" and self.drivers_by_job.get(client.job) == ident:
@@ -461,7 +468,7 @@ class Agent:
             if self.allocator.largest_free >= size:
                 return
             if obj.state == READY and obj.kind == ObjectKind.SHARED and not obj.spilled \
-                    and not obj.fetchers:
+                    and obj.pins <= 0:
                 self.spill.spill(oid, self.arena.view(obj.offset, obj.size))
                 self.allocator.free(obj.offset)
                 obj.spilled = True
@@ -475,6 +482,28 @@ class Agent:
         obj.offset = offset
         obj.spilled = False
         return True
+
+    def on_pin(self, ident: bytes, body: dict, raw) -> None:
+        oid = body["o"]
+        obj = self.objects.get(oid)
+        client = self.clients.get(ident)
+        if obj is None or obj.state != READY or obj.kind != ObjectKind.SHARED or client is None:
+            raise exceptions.ObjectLostError(f"object {oid.hex()} is not in this node's store")
+        if obj.spilled and not self.restore(oid, obj):
+            raise exceptions.ObjectStoreFullError(
+                f"object {oid.hex()} is spilled and the store has no room to bring it back")
+        obj.pins += 1
+        client.pins[oid] += 1
+        self.send(ident, Op.PIN_REPLY, {"req": body.get("req", 0), "off": obj.offset})
+
+    def on_unpin(self, ident: bytes, body: dict, raw) -> None:
+        client = self.clients.get(ident)
+        for oid in body["o"]:
+            obj = self.objects.get(oid)
+            if client is not None and client.pins.get(oid, 0) > 0:
+                client.pins[oid] -= 1
+                if obj is not None:
+                    obj.pins -= 1
 
     def on_abort(self, ident: bytes, body: dict, raw) -> None:
         offset = self.pending_allocs.pop(body["o"], None)

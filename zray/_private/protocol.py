@@ -52,12 +52,15 @@ class Op(enum.IntEnum):
     BYE = 16
     ABORT = 17          # give back an ALLOC that will never be sealed
     KILL = 18           # end an actor
+    PIN = 19            # map a shared object: answered with its current offset
+    UNPIN = 20          # the last view of a pinned object is gone
 
     # node agent -> client
     WELCOME = 40
     OBJECT = 41
     EXECUTE = 42
     ALLOC_REPLY = 43
+    PIN_REPLY = 49
     QUERY_REPLY = 44
     WARN = 45
     INTERRUPT = 46      # cancel the running task (KeyboardInterrupt in it)
