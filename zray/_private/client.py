@@ -512,7 +512,10 @@ class Client:
     def export_function(self, fid: bytes, blob: bytes, name: str) -> None:
         if fid not in self._exported:
             self._exported.add(fid)
-            self._send(protocol.encode(Op.EXPORT, {"f": fid, "n": name}, blob))
+            # The caller's import path travels with the function, so whatever
+            # module cloudpickle refers to by name imports in the worker too.
+            path = [p for p in sys.path if isinstance(p, str)]
+            self._send(protocol.encode(Op.EXPORT, {"f": fid, "n": name, "path": path}, blob))
 
     def submit(self, spec: dict, num_returns: int) -> List[ObjectRef]:
         """Send one task spec; return refs to its results, made before it runs."""

@@ -585,7 +585,7 @@ class Agent:
 
     # ------------------------------------------------------------------ tasks
     def on_export(self, ident: bytes, body: dict, raw) -> None:
-        self.functions.setdefault(body["f"], raw[0])
+        self.functions.setdefault(body["f"], (raw[0], body.get("path") or []))
 
     def on_submit(self, ident: bytes, body: dict, raw) -> None:
         client = self.clients.get(ident)
@@ -752,13 +752,14 @@ class Agent:
         body = {"s": spec, "deps": deps, "gpus": worker.gpu_ids}
         fid = spec["f"]
         if fid and fid not in worker.functions:
-            blob = self.functions.get(fid)
+            blob, path = self.functions.get(fid, (None, None))
             if blob is None:
                 self.finish_with_error(task, exceptions.ZrayError(
                     f"task {task.name}: its function was never exported to this node"))
                 self.release_worker(worker)
                 return
             body["fi"] = len(frames)
+            body["path"] = path
             frames.append(blob)
             worker.functions.add(fid)
         if not self.send(worker.wid, Op.EXECUTE, body, *frames):

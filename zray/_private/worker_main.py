@@ -354,6 +354,9 @@ class Worker:
         if fn is None:
             if "fi" not in body:
                 raise exceptions.ZrayError("the agent sent a task without its function")
+            for entry in body.get("path", ()):
+                if entry not in sys.path:
+                    sys.path.append(entry)
             try:
                 fn = cloudpickle.loads(raw[body["fi"]])
             except Exception as exc:
