@@ -72,4 +72,5 @@ def test_shutdown_leaves_nothing_behind():
     gone, alive = psutil.wait_procs(children, timeout=5)
     assert not alive
     assert not os.path.exists(session_dir)
-    assert not [n for n in os.listdir("/dev/shm") if n.startswith("zray")]
+    tag = "zray_" + os.path.basename(session_dir)[-12:]
+    assert not [n for n in os.listdir("/dev/shm") if n.startswith(tag)]
