@@ -101,10 +101,8 @@ class ActorPool:
         if not callable(fn):
             raise TypeError(f"ActorPool.submit: fn must be callable, got {type(fn).__name__}")
         self._reap_orphans()
-        if self._idle and not self._pending:
-            self._start(fn, value)
-        else:
-            self._pending.append((fn, value))
+        self._pending.append((fn, value))
+        self._start_pending()
 
     def has_next(self) -> bool:
         """Whether any submitted result is still to be collected."""
@@ -215,7 +213,12 @@ class ActorPool:
 
     def _return_actor(self, actor: ActorHandle) -> None:
         self._idle.append(actor)
-        if self._pending:
+        self._start_pending()
+
+    def _start_pending(self) -> None:
+        # If fn raises, the error reaches the caller; the actor stays idle and
+        # the values after it keep waiting for the next call to start them.
+        while self._idle and self._pending:
             fn, value = self._pending.popleft()
             self._start(fn, value)
 

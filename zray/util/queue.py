@@ -77,9 +77,6 @@ class _QueueActor:
     async def qsize(self) -> int:
         return len(self.items)
 
-    async def maxsize_of(self) -> int:
-        return self.maxsize
-
     async def put(self, item: Any, timeout: Optional[float] = None) -> bool:
         cond = self._cond()
         self._active += 1
