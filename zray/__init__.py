@@ -81,9 +81,9 @@ def init(address: Optional[str] = None, *, num_cpus: Optional[float] = None,
                                "zray.shutdown() first or pass ignore_reinit_error=True")
         address = address or redis_address
         if address is not None:
-            raise ValueError("zray.init(address=...) connects to a running cluster, "
-                             "which this build does not support yet; call zray.init() "
-                             "without an address to start a local cluster")
+            _context = _connect(address, num_cpus=num_cpus, num_gpus=num_gpus,
+                                resources=resources, object_store_memory=object_store_memory)
+            return _context
         _check_number("num_cpus", num_cpus)
         _check_number("num_gpus", num_gpus)
         if object_store_memory is not None and (not isinstance(object_store_memory, int)
@@ -132,6 +132,41 @@ def init(address: Optional[str] = None, *, num_cpus: Optional[float] = None,
             "job_id": client.job_id.hex(),
         })
         return _context
+
+
+def _connect(address: str, **local_only: Any) -> ClientContext:
+    """Join a running cluster through this machine's node agent; start nothing."""
+    from zray._private import services
+    from zray._private.client import Client
+
+    given = sorted(k for k, v in local_only.items() if v is not None)
+    if given:
+        raise ValueError(f"zray.init(address=...) connects to a running cluster, whose nodes "
+                         f"were given their resources when they started; do not pass "
+                         f"{', '.join(given)} (start a node with `zray worker --num-cpus ...` "
+                         f"instead)")
+    if not isinstance(address, str):
+        raise TypeError(f"zray.init: address must be 'HOST:PORT' or 'auto', got {address!r}")
+    try:
+        record = services.find_record(address)
+    except services.ClusterError as exc:
+        raise ConnectionError(str(exc)) from None
+    client = Client(record["agent_address"], "driver")
+    try:
+        state.client = client
+        client.connect(timeout=10)
+    except BaseException as exc:
+        state.client = None
+        raise ConnectionError(f"zray could not connect to the node agent of "
+                              f"{record['address']} at {record['agent_address']}: {exc}") from exc
+    return ClientContext({
+        "node_id": client.node_id.hex(),
+        "node_ip_address": client.welcome.get("ip", "127.0.0.1"),
+        "address": record["address"], "gcs_address": record["address"],
+        "head_address": record["address"], "agent_address": record["agent_address"],
+        "object_store_address": client.welcome.get("arena"),
+        "session_dir": record["session_dir"], "job_id": client.job_id.hex(),
+    })
 
 
 def _auto_init() -> Any:

@@ -8,6 +8,8 @@ belong here alongside ``microbenchmark``.
 
 from __future__ import annotations
 
+import json
+import signal
 import sys
 from typing import Optional
 
@@ -45,6 +47,199 @@ def microbenchmark(quick: bool, compare: Optional[str], as_json: bool,
     status = mb.run(quick=quick, compare=compare, as_json=as_json, ray_python=ray_python,
                     num_cpus=num_cpus, echo=click.echo)
     sys.exit(status)
+
+
+# --------------------------------------------------------------------------- clusters
+
+def _node_options(fn):
+    options = [
+        click.option("--num-cpus", type=click.FloatRange(min=0), default=None,
+                     help="CPUs this node offers (default: the machine's count)."),
+        click.option("--num-gpus", type=click.FloatRange(min=0), default=None,
+                     help="GPUs this node offers (default: those detected)."),
+        click.option("--resources", default="{}", metavar="JSON",
+                     help='Custom resources, e.g. \'{"accelerator": 2}\'.'),
+        click.option("--object-store-memory", type=click.IntRange(min=1 << 20), default=None,
+                     metavar="BYTES", help="Size of this node's shared-memory object store."),
+        click.option("--block", is_flag=True,
+                     help="Stay in the foreground until Ctrl-C, then stop this node."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _node_settings(num_cpus, num_gpus, resources, object_store_memory) -> dict:
+    import psutil
+
+    from zray._private import scheduling, services
+
+    try:
+        custom = json.loads(resources)
+    except ValueError as exc:
+        raise click.BadParameter(f"not JSON: {exc}", param_hint="--resources")
+    if not isinstance(custom, dict):
+        raise click.BadParameter("must be a JSON object of name: amount",
+                                 param_hint="--resources")
+    try:
+        scheduling.validate_resource_request(None, None, custom, where="--resources")
+    except (TypeError, ValueError) as exc:
+        raise click.BadParameter(str(exc), param_hint="--resources")
+    detected = services.detect_gpus()
+    gpus = len(detected) if num_gpus is None else num_gpus
+    gpu_ids = detected[:int(gpus)] if len(detected) >= gpus else list(range(int(gpus)))
+    return {"num_cpus": num_cpus if num_cpus is not None else (psutil.cpu_count() or 1),
+            "num_gpus": gpus, "gpu_ids": gpu_ids, "resources": custom,
+            "store_bytes": object_store_memory or services.default_store_bytes()}
+
+
+def _block_until_signal(record: dict) -> None:
+    """Foreground mode: wait for Ctrl-C (or SIGTERM, or the node dying), then stop it."""
+    import psutil
+
+    from zray._private import services
+
+    click.echo("Running in the foreground; Ctrl-C stops this node.")
+    stop = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.append(True))
+    procs = [psutil.Process(p["pid"]) for p in record["procs"]]
+    try:
+        while not stop:
+            gone, _ = psutil.wait_procs(procs, timeout=0.5)
+            if gone:
+                click.echo("a zray process of this node exited; stopping the node", err=True)
+                break
+    finally:
+        services.stop_record(record)
+        click.echo("stopped")
+
+
+@main.command()
+@click.option("--port", type=click.IntRange(1, 65535), default=6380, show_default=True,
+              help="TCP port of the head's broker.")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Interface to listen on. The default admits this machine only; use "
+                   "0.0.0.0 or this machine's address to let other machines join.")
+@_node_options
+def head(port, host, num_cpus, num_gpus, resources, object_store_memory, block) -> None:
+    """Start a cluster: the head and this machine's node agent.
+
+    Prints the address and the token, and the exact commands that join
+    another node or connect a driver. Every TCP peer must present the
+    token (CURVE); nothing is unpickled from a peer without it.
+    """
+    from zray._private import services
+
+    settings = _node_settings(num_cpus, num_gpus, resources, object_store_memory)
+    try:
+        record = services.start_head(host=host, port=port, **settings)
+    except services.ClusterError as exc:
+        raise click.ClickException(str(exc))
+    address, token = record["address"], record["token"]
+    click.echo(f"zray head started at {address} (node {record['node_id'][:12]}, "
+               f"session {record['session_dir']})")
+    click.echo(f"token: {token}")
+    click.echo("")
+    click.echo("Join another node:")
+    click.echo(f"    zray worker --address {address} --token {token}")
+    click.echo("Connect a driver on a node of this cluster:")
+    click.echo(f"    zray.init(address=\"{address}\")")
+    click.echo("Inspect, and stop the zray processes of this machine:")
+    click.echo("    zray status")
+    click.echo("    zray stop")
+    if block:
+        _block_until_signal(record)
+
+
+@main.command()
+@click.option("--address", required=True, metavar="HOST:PORT",
+              help="The head's address, as `zray head` printed it.")
+@click.option("--token", envvar="ZRAY_TOKEN", default=None,
+              help="The cluster token `zray head` printed (or $ZRAY_TOKEN; on the head's "
+                   "own machine it is found by itself).")
+@_node_options
+def worker(address, token, num_cpus, num_gpus, resources, object_store_memory, block) -> None:
+    """Start a node agent on this machine and join the cluster at --address."""
+    from zray._private import security, services
+
+    settings = _node_settings(num_cpus, num_gpus, resources, object_store_memory)
+    try:
+        token = token or _local_token(address)
+        security.check_token(token)
+        record = services.start_worker(address=address, token=token, **settings)
+    except (services.ClusterError, security.TokenError) as exc:
+        raise click.ClickException(str(exc))
+    click.echo(f"zray worker node {record['node_id'][:12]} joined {record['address']} with "
+               f"{_resources_text(record['resources'])}")
+    if block:
+        _block_until_signal(record)
+
+
+def _resources_text(resources: dict) -> str:
+    return ", ".join(f"{v:g} {k}" for k, v in sorted(resources.items()))
+
+
+def _local_token(address: Optional[str]) -> str:
+    from zray._private import services
+
+    try:
+        return services.find_record(address)["token"]
+    except services.ClusterError:
+        where = "" if address in (None, "auto") else f" of {address}"
+        raise services.ClusterError(
+            f"no token given and no zray node{where} runs on this machine to take it from: "
+            f"pass --token (printed by `zray head`)")
+
+
+@main.command()
+@click.option("--address", default=None, metavar="HOST:PORT",
+              help="The head to ask (default: the cluster this machine belongs to).")
+@click.option("--token", envvar="ZRAY_TOKEN", default=None,
+              help="The cluster token (default: taken from this machine's node record).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@click.option("--timeout", type=float, default=5.0, show_default=True,
+              help="Seconds to wait for the head's answer.")
+def status(address, token, as_json, timeout) -> None:
+    """Show every node, the resources in use, tasks and actors of a cluster."""
+    from zray._private import security, services
+    from zray._private import status as status_text
+
+    try:
+        if address is None:
+            record = services.find_record("auto")
+            address, token = record["address"], token or record["token"]
+        token = token or _local_token(address)
+        security.check_token(token)
+        reply = services.head_query(address, token, "status", timeout=timeout)
+    except (services.ClusterError, security.TokenError) as exc:
+        raise click.ClickException(str(exc))
+    summary = status_text.summarize(reply)
+    summary["address"] = address
+    if as_json:
+        click.echo(json.dumps(summary, indent=2, sort_keys=True))
+    else:
+        click.echo(status_text.format_status(summary, address))
+
+
+@main.command()
+def stop() -> None:
+    """Stop the zray processes `zray head` and `zray worker` started on this machine.
+
+    Only processes recorded at start (same pid and start time) are
+    stopped, never others by name; their socket files, logs and
+    shared memory are removed.
+    """
+    from zray._private import services
+
+    records = services.read_records()
+    if not records:
+        click.echo("no zray node was started on this machine")
+        return
+    for record in records:
+        pids = services.stop_record(record)
+        click.echo(f"stopped {record.get('kind', 'node')} node {record.get('node_id', '?')[:12]}"
+                   f" ({len(pids)} process(es))")
 
 
 if __name__ == "__main__":

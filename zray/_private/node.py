@@ -28,6 +28,7 @@ import logging
 import os
 import pickle
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -36,7 +37,7 @@ from typing import Any, Deque, Dict, List, Optional
 import zmq
 
 from zray import exceptions
-from zray._private import protocol, scheduling
+from zray._private import protocol, scheduling, security
 from zray._private.object_store import Allocator, Arena, SpillStore
 from zray._private.protocol import ObjectKind, Op
 
@@ -47,6 +48,10 @@ PARENT_CHECK_INTERVAL = 0.2
 
 PENDING, READY = 0, 1
 WAITING, QUEUED, RUNNING, FINISHED = "waiting", "queued", "running", "finished"
+REMOTE = "remote"           # forwarded to the head; its RESULT comes back here
+
+CHUNK_BYTES = 8 * 1024 * 1024
+CHUNK_WINDOW = 4            # chunk requests in flight per object pulled
 
 
 def _system_error(exc: BaseException) -> bytes:
@@ -56,7 +61,8 @@ def _system_error(exc: BaseException) -> bytes:
 
 class Obj:
     __slots__ = ("state", "kind", "layout", "size", "data", "offset", "refs", "contained",
-                 "waiting", "fetchers", "spilled", "owner", "pins")
+                 "waiting", "fetchers", "spilled", "owner", "pins", "where", "pull",
+                 "exported", "held_for")
 
     def __init__(self) -> None:
         self.state = PENDING
@@ -72,11 +78,31 @@ class Obj:
         self.spilled = False
         self.owner: Optional[bytes] = None
         self.pins = 0      # live views in some process: never spilled while > 0
+        self.where: List[bytes] = []     # nodes holding it, while there is no copy here
+        self.pull: Optional["Pull"] = None
+        self.exported = False            # other nodes know it: announce when it is freed
+        self.held_for: Optional[bytes] = None  # kept for a task's origin node until freed
+
+
+class Pull:
+    """An object coming from another node's transfer ROUTER, chunk by chunk."""
+
+    __slots__ = ("oid", "node", "size", "offset", "got", "next_off", "tried")
+
+    def __init__(self, oid: bytes) -> None:
+        self.oid = oid
+        self.node = b""
+        self.size = -1
+        self.offset = -1
+        self.got = 0
+        self.next_off = 0
+        self.tried: List[bytes] = []
 
 
 class Task:
     __slots__ = ("spec", "tid", "name", "owner", "job", "demand", "gpus", "state", "worker",
-                 "retries_left", "cancelled", "held", "deps_left", "returns", "shape", "actor")
+                 "retries_left", "cancelled", "held", "deps_left", "returns", "shape", "actor",
+                 "origin", "err")
 
     def __init__(self, spec: dict, owner: bytes) -> None:
         self.spec = spec
@@ -97,6 +123,8 @@ class Task:
         self.deps_left = 0
         self.returns = [protocol.object_id(self.tid, i) for i in range(spec.get("r", 1))]
         self.actor: Optional[ActorRec] = None
+        self.origin: Optional[bytes] = None   # the node that forwarded it here
+        self.err = ""
 
 
 class ActorRec:
@@ -158,7 +186,8 @@ class WorkerRec:
 class Agent:
     def __init__(self, *, session_dir: str, node_id: bytes, head_address: str,
                  resources: Dict[str, float], gpu_ids: List[int], store_bytes: int,
-                 parent_pid: Optional[int], node_ip: str = "127.0.0.1") -> None:
+                 parent_pid: Optional[int], node_ip: str = "127.0.0.1",
+                 token: Optional[str] = None) -> None:
         self.session_dir = session_dir
         self.node_id = node_id
         self.node_ip = node_ip
@@ -194,9 +223,34 @@ class Agent:
         self.actors: Dict[bytes, ActorRec] = {}
         self.anchors: Dict[bytes, ActorRec] = {}
         self.names: Dict[str, dict] = {}
+        self.remote_actors: set = set()      # placed on other nodes by the head
+        self.pulls: Dict[bytes, Pull] = {}
+        self.peers: Dict[bytes, zmq.Socket] = {}
+        self.freed_out: List[bytes] = []     # exported objects freed here: announce
+        self.pub_seq = -1
+        self.sub: Optional[zmq.Socket] = None
         self.running = True
 
         self.ctx = zmq.Context()
+        self.poller = zmq.Poller()
+        # Over TCP (a cluster from `zray head`) every socket speaks CURVE with the
+        # cluster's keys; an embedded session stays on ipc and has no peers.
+        self.keys = security.Keys(token) if token else None
+        if head_address.startswith("tcp://") and self.keys is None:
+            raise ValueError("joining a head over TCP needs the cluster token")
+        self.guard = security.Guard(self.ctx, self.keys, f"node {node_id.hex()[:8]}") \
+            if self.keys else None
+        self.transfer: Optional[zmq.Socket] = None
+        self.transfer_address = ""
+        if self.keys:
+            self.transfer = self.ctx.socket(zmq.ROUTER)
+            self.transfer.setsockopt(zmq.ROUTER_MANDATORY, 1)
+            self.transfer.setsockopt(zmq.LINGER, 0)
+            self.transfer.setsockopt(zmq.SNDHWM, 0)
+            self.keys.serve(self.transfer)
+            self.transfer.bind(f"tcp://{node_ip}:0")
+            self.transfer_address = self.transfer.getsockopt_string(zmq.LAST_ENDPOINT)
+            self.guard.watch(self.transfer)
         self.router = self.ctx.socket(zmq.ROUTER)
         self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.router.setsockopt(zmq.SNDHWM, 0)
@@ -212,6 +266,8 @@ class Agent:
         self.head.setsockopt(zmq.LINGER, 0)
         self.head.setsockopt(zmq.SNDHWM, 1000)
         self.head.setsockopt(zmq.RECONNECT_IVL, 10)
+        if self.keys:
+            self.keys.join(self.head)
         self.head.connect(head_address)
 
         self.template = self._start_template()
@@ -232,17 +288,24 @@ class Agent:
             Op.BYE: self.on_bye, Op.KILL: self.on_kill, Op.PIN: self.on_pin,
             Op.UNPIN: self.on_unpin,
         }
+        self.head_handlers = {
+            Op.REGISTERED: self.on_registered, Op.HEARTBEAT_ACK: self.on_heartbeat_ack,
+            Op.FORWARD: self.on_forward, Op.RESULT: self.on_result,
+            Op.ACTOR_OP: self.on_actor_op, Op.HEAD_REPLY: self.on_head_reply,
+        }
 
     # ------------------------------------------------------------------ loop
     def _on_signal(self, signum, frame) -> None:
         self.running = False
 
     def serve(self) -> None:
-        poller = zmq.Poller()
+        poller = self.poller
         poller.register(self.router, zmq.POLLIN)
         poller.register(self.head, zmq.POLLIN)
         poller.register(self.template.stdout.fileno(), zmq.POLLIN)
         poller.register(self.wake_r, zmq.POLLIN)
+        if self.transfer is not None:
+            poller.register(self.transfer, zmq.POLLIN)
         self.send_head(Op.REGISTER, self.node_info())
         self.want_workers(min(4, max(1, self.total.get("CPU", 0) // scheduling.UNIT)))
         next_beat = time.monotonic()
@@ -259,6 +322,8 @@ class Agent:
                         self.handle(frames)
                 if self.head in events:
                     self.drain_head()
+                if self.keys is not None:
+                    self.drain_cluster(events)
                 if self.template.stdout.fileno() in events:
                     self.read_template()
                 if self.wake_r in events:
@@ -267,6 +332,9 @@ class Agent:
                     self.dispatch()
                 except Exception:
                     logger.exception("dispatch failed")  # the loop lives on
+                if self.freed_out:
+                    self.send_head(Op.ANNOUNCE, {"node": self.node_id, "freed": self.freed_out})
+                    self.freed_out = []
                 now = time.monotonic()
                 if now >= next_beat:
                     next_beat = now + HEARTBEAT_INTERVAL
@@ -313,11 +381,12 @@ class Agent:
                 return False  # the peer left; its records go when we hear of it
             raise
 
-    def send_head(self, op: Op, body: dict) -> None:
+    def send_head(self, op: Op, body: dict, *raw: Any) -> bool:
         try:
-            self.head.send_multipart(protocol.encode(op, body), zmq.NOBLOCK)
+            self.head.send_multipart(protocol.encode(op, body, *raw), zmq.NOBLOCK)
+            return True
         except zmq.Again:
-            pass  # head unreachable for now; the next heartbeat carries the state
+            return False  # head unreachable for now; the next heartbeat carries the state
 
     def drain_head(self) -> None:
         while True:
@@ -326,24 +395,32 @@ class Agent:
             except zmq.Again:
                 return
             try:
-                op, body, _ = protocol.decode(frames)
+                op, body, raw = protocol.decode(frames)
             except protocol.ProtocolError as exc:
                 logger.warning("malformed message from head: %s", exc)
                 continue
-            if op in (Op.HEARTBEAT_ACK, Op.REGISTERED):
-                self.cluster_nodes = body.get("nodes", self.cluster_nodes)
+            handler = self.head_handlers.get(op)
+            if handler is None:
+                logger.warning("the head sent %s, which a node agent does not serve", op.name)
+                continue
+            try:
+                handler(body, list(raw))
+            except Exception:
+                logger.exception("%s from the head failed", op.name)
 
     # ------------------------------------------------------------------ info
     def node_info(self) -> dict:
         return {"node": self.node_id, "ip": self.node_ip, "address": self.address,
-                "resources": self.resources, "store": self.arena.size, "pid": os.getpid()}
+                "resources": self.resources, "store": self.arena.size, "pid": os.getpid(),
+                "transfer": self.transfer_address, "hostname": socket.gethostname()}
 
     def load_info(self) -> dict:
         queued = sum(len(q) for q in self.queues.values())
         running = sum(1 for w in self.workers.values() if w.task is not None)
         return {"node": self.node_id, "available": scheduling.from_units(self.available),
                 "store_used": self.allocator.used, "queued": queued + len(self.infeasible),
-                "running": running, "workers": len(self.workers)}
+                "running": running, "workers": len(self.workers),
+                "actors": sum(1 for a in self.actors.values() if a.state == "alive")}
 
     # ------------------------------------------------------------------ clients
     def on_hello(self, ident: bytes, body: dict, raw) -> None:
@@ -415,15 +492,22 @@ class Agent:
             self.free(oid, obj)
 
     def free(self, oid: bytes, obj: Obj) -> None:
-        del self.objects[oid]
+        if self.objects.pop(oid, None) is None:
+            return
         actor = self.anchors.pop(oid, None)
         if actor is not None:
             self.retire_actor(actor)  # the last handle is gone
         if obj.kind == ObjectKind.SHARED:
             if obj.spilled:
                 self.spill.discard(oid)
-            else:
+            elif obj.offset >= 0:
                 self.allocator.free(obj.offset)
+        if obj.pull is not None:
+            self.abandon_pull(oid, obj)
+            self.pulls.pop(oid, None)
+            obj.pull = None
+        if obj.exported and obj.held_for is None:
+            self.freed_out.append(oid)
         for inner in obj.contained:
             self.decref(inner)
 
@@ -468,7 +552,7 @@ class Agent:
             if self.allocator.largest_free >= size:
                 return
             if obj.state == READY and obj.kind == ObjectKind.SHARED and not obj.spilled \
-                    and obj.pins <= 0:
+                    and obj.pins <= 0 and obj.offset >= 0:
                 self.spill.spill(oid, self.arena.view(obj.offset, obj.size))
                 self.allocator.free(obj.offset)
                 obj.spilled = True
@@ -538,15 +622,19 @@ class Agent:
             if inner_obj is not None:
                 inner_obj.refs += 1
                 obj.contained.append(inner)
-        for ident in obj.fetchers:
+        self.notify(oid, obj)
+
+    def notify(self, oid: bytes, obj: Obj) -> None:
+        """The object is ready (or arrived here): serve fetchers, wake waiting tasks."""
+        fetchers, obj.fetchers = obj.fetchers, set()
+        for ident in fetchers:
             self.send_object(ident, oid, obj)
-        obj.fetchers = set()
         waiting, obj.waiting = obj.waiting, []
         for task in waiting:
             task.deps_left -= 1
             if task.deps_left == 0 and task.state == WAITING:
                 self.make_ready(task)
-        if obj.refs <= 0:
+        if obj.refs <= 0 and not obj.waiting and not obj.fetchers and obj.pull is None:
             self.free(oid, obj)
 
     def on_fetch(self, ident: bytes, body: dict, raw) -> None:
@@ -560,8 +648,15 @@ class Agent:
                 self.send_object(ident, oid, obj)
             else:
                 obj.fetchers.add(ident)
+                if obj.where and obj.pull is None:
+                    self.start_pull(oid, obj)
 
     def send_object(self, ident: bytes, oid: bytes, obj: Obj) -> None:
+        if self.is_remote(obj):
+            obj.fetchers.add(ident)  # served when it lands here
+            if obj.pull is None:
+                self.start_pull(oid, obj)
+            return
         if obj.kind == ObjectKind.SHARED:
             if obj.spilled and not self.restore(oid, obj):
                 self.send_error_object(ident, oid, exceptions.ObjectStoreFullError(
@@ -607,7 +702,9 @@ class Agent:
                 self.anchors[actor.anchor] = actor
             else:
                 actor = self.actors.get(spec["A"])
-                if actor is None or actor.state == "dead":
+                if actor is None and self.can_forward():
+                    pass  # on another node: make_ready forwards the call
+                elif actor is None or actor.state == "dead":
                     dead_actor = actor.cause if actor is not None else \
                         f"actor {spec['A'].hex()} is not known to this node"
                 else:
@@ -657,11 +754,19 @@ class Agent:
             if obj is not None and obj.kind == ObjectKind.ERROR:
                 self.finish_with_error_data(task, obj.data)  # same root cause
                 return
+        if "A" in task.spec and task.actor is None:
+            self.forward(task)  # a call to an actor on another node
+            return
+        missing = scheduling.missing(self.total, task.demand)
+        if missing and self.can_forward():
+            self.forward(task)  # this node can never run it: the head places it
+            return
+        if self.fetch_deps(task):
+            return  # back here when its arguments have arrived
         if task.actor is not None and not task.spec.get("new"):
             task.state = QUEUED
             self.pump_actor(task.actor)
             return
-        missing = scheduling.missing(self.total, task.demand)
         if missing:
             task.state = QUEUED
             self.infeasible.append(task)
@@ -672,6 +777,19 @@ class Agent:
         if queue is None:
             queue = self.queues[task.shape] = collections.deque()
         queue.append(task)
+
+    def fetch_deps(self, task: Task) -> bool:
+        """Pull arguments that are on other nodes; True if the task must wait for them."""
+        if self.keys is None:
+            return False  # a single-node session: everything is here
+        for oid in task.spec.get("d", ()):
+            obj = self.objects.get(oid)
+            if obj is not None and self.is_remote(obj):
+                task.deps_left += 1
+                obj.waiting.append(task)
+                if obj.pull is None:
+                    self.start_pull(oid, obj)
+        return task.deps_left > 0
 
     def warn_infeasible(self, task: Task, missing: dict) -> None:
         key = (task.name, task.shape)
@@ -696,6 +814,8 @@ class Agent:
                     queue.popleft()  # cancelled while queued
                     continue
                 if not scheduling.fits(self.available, task.demand):
+                    if self.keys is not None and self.spill_task(task, queue):
+                        continue
                     break
                 gpu_ids: List[int] = []
                 if task.gpus:
@@ -711,6 +831,32 @@ class Agent:
                     return
                 queue.popleft()
                 self.run(task, worker, gpu_ids)
+
+    def spill_task(self, task: Task, queue: Deque[Task]) -> bool:
+        """A saturated node hands the head of a queue to a node that is idle now."""
+        others = [n for n in self.cluster_nodes
+                  if n.get("alive") and n.get("node_id") != self.node_id.hex()]
+        if not others or task.spec.get("d") and any(
+                self.is_remote(self.objects[oid]) for oid in task.spec["d"]
+                if oid in self.objects):
+            return False
+        local = scheduling.NodeLoad(self.node_id, self.total, self.available, queued=len(queue))
+        views = [scheduling.NodeLoad(bytes.fromhex(n["node_id"]),
+                                     scheduling.to_units(n.get("resources", {})),
+                                     scheduling.to_units(n.get("available", {})),
+                                     queued=n.get("queued", 0)) for n in others]
+        target = scheduling.should_spill(local, views, task.demand)
+        if target is None:
+            return False
+        entry = next(n for n in others if n["node_id"] == target.hex())
+        # Count it against that node until its next heartbeat says otherwise.
+        available = dict(entry.get("available", {}))
+        for name, amount in scheduling.from_units(task.demand).items():
+            available[name] = available.get(name, 0) - amount
+        entry["available"] = available
+        queue.popleft()
+        self.forward(task, exclude=self.node_id)
+        return True
 
     def idle_worker(self) -> Optional[WorkerRec]:
         while self.idle:
@@ -821,7 +967,8 @@ class Agent:
             self.seal(oid, obj, result["k"], result.get("l", []), data, result.get("off", -1),
                       result.get("c", ()))
             if result["k"] == ObjectKind.ERROR:
-                self.record_error(task, body.get("err", ""))
+                task.err = body.get("err", "")
+                self.record_error(task, task.err)
 
     # ------------------------------------------------------------------ actors
     def actor_task_done(self, worker: WorkerRec, actor: ActorRec, body: dict, raw) -> None:
@@ -869,6 +1016,10 @@ class Agent:
 
     def on_kill(self, ident: bytes, body: dict, raw) -> None:
         actor = self.actors.get(body["A"])
+        if actor is None and ident and self.can_forward():
+            self.send_head(Op.ACTOR_OP, {"A": body["A"],
+                                         "no_restart": body.get("no_restart", True)})
+            return
         if actor is None or actor.state == "dead":
             return
         if body.get("no_restart", True):
@@ -945,6 +1096,8 @@ class Agent:
     def finish(self, task: Task) -> None:
         task.state = FINISHED
         self.tasks.pop(task.tid, None)
+        if task.origin is not None:
+            self.send_result(task)
         held, task.held = task.held, []
         for oid in held:
             self.decref(oid)
@@ -988,6 +1141,10 @@ class Agent:
         task = self.tasks.get(body["t"])
         if task is None or task.state == FINISHED:
             return
+        if task.state == REMOTE:  # its late RESULT finds nothing to finish
+            self.finish_with_error(task, exceptions.TaskCancelledError(
+                f"task {task.name} was cancelled (it had been sent to another node)"))
+            return
         if task.state in (WAITING, QUEUED):
             self.unwait(task)
             if task in self.infeasible:
@@ -1018,6 +1175,444 @@ class Agent:
         driver = self.drivers_by_job.get(body.get("job", b""))
         if driver is not None:
             self.send(driver, Op.LOG, body)
+
+
+    # ------------------------------------------------------------------ cluster
+    def on_registered(self, body: dict, raw) -> None:
+        self.cluster_nodes = body.get("nodes", self.cluster_nodes)
+        self.pub_seq = body.get("seq", 0)
+        if self.sub is None and self.keys is not None and body.get("pub"):
+            self.sub = self.ctx.socket(zmq.SUB)
+            self.sub.setsockopt(zmq.LINGER, 0)
+            self.sub.setsockopt(zmq.RCVHWM, 0)
+            self.keys.join(self.sub)
+            for topic in (b"node", b"obj"):
+                self.sub.setsockopt(zmq.SUBSCRIBE, topic)
+            self.sub.connect(body["pub"])
+            self.poller.register(self.sub, zmq.POLLIN)
+
+    def on_heartbeat_ack(self, body: dict, raw) -> None:
+        if body.get("unknown"):  # the head restarted and forgot us
+            self.send_head(Op.REGISTER, self.node_info())
+        before = {n["node_id"]: n.get("alive") for n in self.cluster_nodes}
+        self.cluster_nodes = body.get("nodes", self.cluster_nodes)
+        for node in self.cluster_nodes:
+            if before.get(node["node_id"]) and not node.get("alive"):
+                self.node_gone(bytes.fromhex(node["node_id"]))
+
+    def alive_nodes(self) -> List[dict]:
+        return [n for n in self.cluster_nodes if n.get("alive")]
+
+    def drain_cluster(self, events: dict) -> None:
+        if self.transfer in events:
+            for _ in range(256):
+                try:
+                    frames = self.transfer.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                self.serve_pull(frames)
+        if self.sub is not None and self.sub in events:
+            for _ in range(1000):
+                try:
+                    frames = self.sub.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                self.on_pub(frames)
+        for node_id, sock in list(self.peers.items()):
+            if sock in events:
+                for _ in range(64):
+                    try:
+                        frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                    except zmq.Again:
+                        break
+                    self.on_chunk(node_id, frames)
+
+    def on_pub(self, frames: List[bytes]) -> None:
+        try:
+            op, body, _ = protocol.decode(frames[1:])
+        except (protocol.ProtocolError, IndexError) as exc:
+            logger.warning("malformed message on the PUB channel: %s", exc)
+            return
+        seq = body.get("seq", 0)
+        if seq <= self.pub_seq:
+            return  # already covered by a snapshot
+        if seq != self.pub_seq + 1:
+            # Missed messages: ask for the state instead of replaying (zguide's Clone).
+            logger.info("PUB gap (%d after %d): asking the head for a snapshot", seq,
+                        self.pub_seq)
+            self.send_head(Op.HEAD_QUERY, {"what": "snapshot"})
+        self.pub_seq = seq
+        if op == Op.PUB_NODE and body.get("event") == "died":
+            self.node_gone(body["node"])
+        elif op == Op.PUB_OBJECT:
+            for oid in body.get("freed", ()):
+                self.release_held(oid)
+            node = body.get("node")
+            for oid in body.get("sealed", ()):
+                obj = self.objects.get(oid)
+                if obj is not None and obj.where and node not in obj.where:
+                    obj.where.append(node)
+
+    def on_head_reply(self, body: dict, raw) -> None:
+        if body.get("error"):
+            logger.warning("the head answered with an error: %s", body["error"])
+        if "directory" in body:
+            self.pub_seq = max(self.pub_seq, body.get("seq", 0))
+            directory = body["directory"]
+            for oid, obj in list(self.objects.items()):
+                if obj.held_for is not None and oid not in directory:
+                    self.release_held(oid)  # freed while we were not listening
+            self.cluster_nodes = body.get("nodes", self.cluster_nodes)
+
+    def release_held(self, oid: bytes) -> None:
+        obj = self.objects.get(oid)
+        if obj is not None and obj.held_for is not None:
+            obj.held_for = None
+            obj.exported = False  # its owner announced the free already
+            self.decref(oid)
+
+    def node_gone(self, node_id: bytes) -> None:
+        """A node died: what only it held is lost; what we kept for it is let go."""
+        logger.warning("node %s died", node_id.hex()[:8])
+        sock = self.peers.pop(node_id, None)
+        if sock is not None:
+            self.poller.unregister(sock)
+            sock.close(0)
+        for oid, obj in list(self.objects.items()):
+            if obj.held_for == node_id:
+                self.release_held(oid)
+                continue
+            if node_id in obj.where:
+                obj.where.remove(node_id)
+            pull = obj.pull
+            if pull is not None and pull.node == node_id:
+                self.abandon_pull(oid, obj)
+                self.start_pull(oid, obj)
+            elif not obj.where and obj.offset < 0 and obj.pull is None and self.is_remote(obj):
+                self.lose(oid, obj, f"the only node holding it ({node_id.hex()[:8]}) died")
+
+    @staticmethod
+    def is_remote(obj: Obj) -> bool:
+        """Whether the object's bytes are on another node and not (yet) here."""
+        if obj.state == READY:
+            return obj.kind == ObjectKind.SHARED and obj.offset < 0 and not obj.spilled
+        return bool(obj.where) or obj.pull is not None
+
+    def lose(self, oid: bytes, obj: Obj, why: str) -> None:
+        err = _system_error(exceptions.ObjectLostError(f"object {oid.hex()} is lost: {why}"))
+        obj.where = []
+        if obj.state == READY:
+            obj.kind, obj.layout, obj.data, obj.offset = ObjectKind.ERROR, [], err, -1
+            self.notify(oid, obj)
+        else:
+            self.seal(oid, obj, ObjectKind.ERROR, [], err, -1, ())
+
+    # -- placement across nodes
+    def can_forward(self) -> bool:
+        return self.keys is not None
+
+    def forward(self, task: Task, exclude: Optional[bytes] = None) -> None:
+        """Hand a task to the head's global scheduler; its RESULT comes back here."""
+        spec = task.spec
+        frames: List[Any] = []
+        body: Dict[str, Any] = {"s": spec, "origin": self.node_id, "inl": {}, "loc": {}}
+        fid = spec.get("f")
+        if fid:
+            blob, path = self.functions.get(fid, (None, None))
+            if blob is not None:
+                body["fi"], body["path"] = len(frames), path
+                frames.append(blob)
+        for oid in list(spec.get("d", ())) + list(spec.get("c", ())):
+            obj = self.objects.get(oid)
+            if obj is None or obj.state != READY:
+                continue
+            if obj.kind != ObjectKind.SHARED:
+                body["inl"][oid] = [int(obj.kind), obj.layout, len(frames)]
+                frames.append(obj.data)
+            else:
+                body["loc"][oid] = list(obj.where) if self.is_remote(obj) else [self.node_id]
+                obj.exported = True
+        if exclude is not None:
+            body["not"] = exclude
+        for oid in task.returns:
+            obj = self.objects.get(oid)
+            if obj is not None:
+                obj.exported = True  # the copy kept there goes when it is freed here
+        if task.actor is not None and spec.get("new"):
+            self.actors.pop(task.actor.aid, None)
+            self.anchors.pop(task.actor.anchor, None)
+            self.remote_actors.add(task.actor.aid)
+            if task.actor.name:
+                entry = self.names.get(task.actor.name)
+                if entry is not None:
+                    entry["remote"] = True
+            task.actor = None
+        task.state = REMOTE
+        self.send_head(Op.FORWARD, body, *frames)
+
+    def on_forward(self, body: dict, raw) -> None:
+        """Run a task another node forwarded; send its RESULT back when it ends."""
+        spec = body["s"]
+        if spec["t"] in self.tasks:
+            return
+        if "fi" in body:
+            self.functions.setdefault(spec["f"], (raw[body["fi"]], body.get("path") or []))
+        task = Task(spec, b"")
+        task.origin = body["origin"]
+        self.tasks[task.tid] = task
+        for oid in task.returns:
+            obj = self.objects.get(oid)
+            if obj is None:
+                obj = self.objects[oid] = Obj()
+            obj.refs += 1
+            obj.held_for = task.origin
+        inline = body.get("inl", {})
+        located = body.get("loc", {})
+        for oid in list(spec.get("d", ())) + list(spec.get("c", ())):
+            obj = self.objects.get(oid)
+            if obj is None:
+                obj = self.objects[oid] = Obj()
+                obj.refs += 1
+                if oid in inline:
+                    kind, layout, index = inline[oid]
+                    self.seal(oid, obj, kind, layout, raw[index], -1, ())
+                else:
+                    obj.where = list(located.get(oid, ()))
+            else:
+                obj.refs += 1
+            task.held.append(oid)
+        if "A" in spec:
+            if spec.get("new"):
+                actor = ActorRec(spec, b"")
+                self.actors[actor.aid] = actor
+                self.anchors[actor.anchor] = actor
+                if spec.get("det"):
+                    self.objects[actor.anchor].refs += 1
+                for oid in task.held:
+                    self.objects[oid].refs += 1
+                    actor.held.append(oid)
+            else:
+                actor = self.actors.get(spec["A"])
+                if actor is None or actor.state == "dead":
+                    why = actor.cause if actor is not None else "its actor is not on this node"
+                    self.finish_with_error(task, exceptions.ActorDiedError(
+                        f"cannot call {task.name}: {why}"))
+                    return
+                actor.queue.append(task)
+            task.actor = actor
+        for oid in spec.get("d", ()):
+            obj = self.objects[oid]
+            if obj.state != READY:
+                task.deps_left += 1
+                obj.waiting.append(task)
+                if obj.where and obj.pull is None:
+                    self.start_pull(oid, obj)
+                elif not obj.where:
+                    self.lose(oid, obj, "no node was known to hold it when its task was "
+                                        "forwarded")
+        if task.deps_left == 0 and task.state == WAITING:
+            self.make_ready(task)
+
+    def send_result(self, task: Task) -> None:
+        results = []
+        frames: List[Any] = []
+        for oid in task.returns:
+            obj = self.objects.get(oid)
+            if obj is None or obj.state != READY:
+                continue
+            if obj.kind == ObjectKind.SHARED:
+                results.append({"o": oid, "k": int(obj.kind), "l": obj.layout, "n": obj.size,
+                                "at": 1, "c": obj.contained})
+                obj.exported = True
+            else:
+                results.append({"o": oid, "k": int(obj.kind), "l": obj.layout,
+                                "i": len(frames), "c": obj.contained})
+                frames.append(obj.data)
+        self.send_head(Op.RESULT, {"t": task.tid, "origin": task.origin, "node": self.node_id,
+                                   "res": results, "err": task.err}, *frames)
+        for oid in task.returns:
+            obj = self.objects.get(oid)
+            if obj is None or obj.kind == ObjectKind.SHARED:
+                continue
+            if oid in self.anchors:
+                obj.exported = True  # the actor lives until its origin frees the anchor
+            else:
+                self.release_held(oid)  # its bytes went with the RESULT
+
+    def on_result(self, body: dict, raw) -> None:
+        task = self.tasks.get(body["t"])
+        if task is None or task.state != REMOTE:
+            return
+        if body.get("wait"):
+            driver = self.drivers_by_job.get(task.job)
+            logger.warning(body["msg"])
+            if driver is not None:
+                self.send(driver, Op.WARN, {"msg": body["msg"]})
+            return
+        if "fail" in body:
+            etype = getattr(exceptions, body["fail"], exceptions.ZrayError)
+            self.finish_with_error(task, etype(body.get("msg", "")))
+            return
+        node = body.get("node")
+        for result in body.get("res", ()):
+            oid = result["o"]
+            obj = self.objects.get(oid)
+            if obj is None:
+                obj = self.objects[oid] = Obj()  # nobody holds it: it goes once sealed
+            obj.exported = True
+            if result.get("at"):
+                obj.size = int(result["n"])
+                obj.where = [node]
+                self.seal(oid, obj, ObjectKind.SHARED, result["l"], None, -1, result.get("c", ()))
+            else:
+                self.seal(oid, obj, result["k"], result["l"], raw[result["i"]], -1,
+                          result.get("c", ()))
+            if result["k"] == ObjectKind.ERROR:
+                self.record_error(task, body.get("err", ""))
+        self.finish(task)
+
+    def on_actor_op(self, body: dict, raw) -> None:
+        self.on_kill(b"", body, raw)
+
+    # -- object transfer
+    def peer(self, node_id: bytes) -> Optional[zmq.Socket]:
+        sock = self.peers.get(node_id)
+        if sock is not None:
+            return sock
+        entry = next((n for n in self.cluster_nodes if n.get("node_id") == node_id.hex()), None)
+        if entry is None or not entry.get("alive") or not entry.get("transfer"):
+            return None
+        sock = self.ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.RCVHWM, 0)
+        self.keys.join(sock)
+        sock.connect(entry["transfer"])
+        self.poller.register(sock, zmq.POLLIN)
+        self.peers[node_id] = sock
+        return sock
+
+    def start_pull(self, oid: bytes, obj: Obj) -> None:
+        pull = obj.pull or Pull(oid)
+        for node_id in obj.where:
+            if node_id in pull.tried or node_id == self.node_id:
+                continue
+            pull.tried.append(node_id)
+            sock = self.peer(node_id)
+            if sock is None:
+                continue
+            pull.node = node_id
+            obj.pull = pull
+            self.pulls[oid] = pull
+            self.request_chunk(sock, pull, 0)
+            return
+        obj.pull = None
+        self.pulls.pop(oid, None)
+        self.lose(oid, obj, "no alive node holding it could be reached")
+
+    def request_chunk(self, sock: zmq.Socket, pull: Pull, off: int) -> None:
+        sock.send_multipart(protocol.encode(Op.PULL, {"o": pull.oid, "off": off,
+                                                      "n": CHUNK_BYTES}))
+        pull.next_off = off + CHUNK_BYTES
+
+    def abandon_pull(self, oid: bytes, obj: Obj) -> None:
+        pull = obj.pull
+        if pull is not None and pull.offset >= 0:
+            self.allocator.free(pull.offset)
+            pull.offset = -1
+            pull.size = -1
+            pull.got = 0
+
+    def on_chunk(self, node_id: bytes, frames: List[Any]) -> None:
+        try:
+            op, body, raw = protocol.decode([frames[0].bytes] + frames[1:])
+        except (protocol.ProtocolError, IndexError) as exc:
+            logger.warning("malformed chunk from node %s: %s", node_id.hex()[:8], exc)
+            return
+        oid = body.get("o", b"")
+        obj = self.objects.get(oid)
+        pull = self.pulls.get(oid)
+        if obj is None or pull is None or obj.pull is not pull or pull.node != node_id:
+            return  # freed or redirected meanwhile
+        if body.get("err"):
+            logger.info("node %s cannot send %s: %s", node_id.hex()[:8], oid.hex()[:8],
+                        body["err"])
+            self.abandon_pull(oid, obj)
+            self.start_pull(oid, obj)
+            return
+        kind = body["k"]
+        if kind != ObjectKind.SHARED:
+            self.land(oid, obj, kind, body["l"], raw[0].bytes, -1)
+            return
+        if pull.size < 0:
+            pull.size = int(body["n"])
+            offset = self.allocate(max(1, pull.size))
+            if offset is None:
+                del self.pulls[oid]
+                obj.pull = None
+                self.lose(oid, obj, f"this node's store has no room for its {pull.size} bytes")
+                return
+            pull.offset = offset
+            sock = self.peers[node_id]
+            while pull.next_off < pull.size and pull.next_off < CHUNK_BYTES * CHUNK_WINDOW:
+                self.request_chunk(sock, pull, pull.next_off)
+        data = raw[0].buffer if raw else b""
+        off = int(body["off"])
+        self.arena.view(pull.offset + off, len(data))[:] = data
+        pull.got += len(data)
+        if pull.next_off < pull.size:
+            self.request_chunk(self.peers[node_id], pull, pull.next_off)
+        if pull.got >= pull.size:
+            self.land(oid, obj, kind, body["l"], None, pull.offset)
+
+    def land(self, oid: bytes, obj: Obj, kind: int, layout: list, data: Any,
+             offset: int) -> None:
+        """A pulled object is complete here: seal it and serve whoever waited."""
+        pull = self.pulls.pop(oid, None)
+        obj.pull = None
+        obj.where = []
+        if pull is not None and kind == ObjectKind.SHARED:
+            obj.size = pull.size
+        if obj.state == READY:
+            obj.kind, obj.layout, obj.data, obj.offset = kind, layout, data, offset
+            self.notify(oid, obj)
+        else:
+            if kind == ObjectKind.SHARED:
+                obj.size = pull.size if pull is not None else obj.size
+            self.seal(oid, obj, kind, layout, data, offset, ())
+
+    def serve_pull(self, frames: List[bytes]) -> None:
+        ident = frames[0]
+        try:
+            op, body, _ = protocol.decode(frames[1:])
+            if op != Op.PULL:
+                raise protocol.ProtocolError(f"the transfer socket serves PULL, not {op.name}")
+        except (protocol.ProtocolError, IndexError) as exc:
+            logger.warning("malformed transfer request: %s", exc)
+            return
+        oid = body.get("o", b"")
+        obj = self.objects.get(oid)
+        reply: Dict[str, Any] = {"o": oid}
+        try:
+            if obj is None or obj.state != READY or self.is_remote(obj):
+                raise exceptions.ObjectLostError("not on this node")
+            reply.update(k=int(obj.kind), l=obj.layout)
+            if obj.kind != ObjectKind.SHARED:
+                data = obj.data
+            else:
+                if obj.spilled and not self.restore(oid, obj):
+                    raise exceptions.ObjectStoreFullError("spilled, and no room to restore")
+                off = int(body.get("off", 0))
+                n = max(0, min(int(body.get("n", CHUNK_BYTES)), obj.size - off))
+                reply.update(n=obj.size, off=off)
+                data = bytes(self.arena.view(obj.offset + off, n))
+            obj.exported = True
+        except exceptions.ZrayError as exc:
+            reply["err"] = str(exc)
+            data = b""
+        try:
+            self.transfer.send_multipart([ident, *protocol.encode(Op.CHUNK, reply, data)])
+        except zmq.ZMQError:
+            pass  # the peer left
 
     # ------------------------------------------------------------------ queries
     def on_query(self, ident: bytes, body: dict, raw) -> None:
@@ -1165,6 +1760,11 @@ class Agent:
                 os.kill(pid, signal.SIGKILL)
             except OSError:
                 pass
+        for sock in [self.sub, self.transfer, *self.peers.values()]:
+            if sock is not None:
+                sock.close(0)
+        if self.guard is not None:
+            self.guard.stop()
         self.router.close(0)
         self.head.close(0)
         self.ctx.term()
@@ -1189,14 +1789,16 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--node-ip", default="127.0.0.1")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s node %(levelname)s %(message)s")
+    token = os.environ.pop("ZRAY_TOKEN", None)  # never on the command line: ps shows it
     agent = Agent(session_dir=args.session_dir, node_id=bytes.fromhex(args.node_id),
                   head_address=args.head, resources=json.loads(args.resources),
                   gpu_ids=[int(g) for g in args.gpu_ids.split(",") if g],
                   store_bytes=args.store_bytes, parent_pid=args.parent_pid or None,
-                  node_ip=args.node_ip)
+                  node_ip=args.node_ip, token=token)
     ready_file = os.path.join(args.session_dir, f"agent_{args.node_id[:8]}.ready")
-    with open(ready_file, "w") as f:
+    with open(ready_file + ".tmp", "w") as f:
         f.write(agent.address)
+    os.replace(ready_file + ".tmp", ready_file)
     profile_dir = os.environ.get("ZRAY_PROFILE_DIR")
     if profile_dir:  # a developer's switch: dump the agent's profile at exit
         import cProfile

@@ -74,9 +74,18 @@ class Op(enum.IntEnum):
     HEARTBEAT_ACK = 63
     HEAD_QUERY = 64
     HEAD_REPLY = 65
+    FORWARD = 66        # a task the sender's node cannot run: place it (agent -> head -> agent)
+    RESULT = 67         # the outcome of a forwarded task, back to its origin node
+    ANNOUNCE = 68       # objects sealed or freed on the sender's node
+    ACTOR_OP = 69       # kill an actor that lives on another node
+
+    # node agent <-> node agent (object transfer ROUTER)
+    PULL = 70           # send me [off, off + n) of an object
+    CHUNK = 71          # a piece of an object (or why it cannot be sent)
 
     # head PUB channel
-    PUB_NODE = 80
+    PUB_NODE = 80       # a node joined or died
+    PUB_OBJECT = 81     # objects sealed on a node, or freed everywhere
 
 
 class ObjectKind(enum.IntEnum):

@@ -12,11 +12,12 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
-from typing import Dict, List
+from typing import Dict, List, Optional, Tuple
 
 import psutil
 
@@ -97,14 +98,7 @@ class LocalSession:
                     f"{self.session_dir}/logs:\n{self.log_tail()}")
 
     def log_tail(self) -> str:
-        out = []
-        logs = os.path.join(self.session_dir, "logs")
-        for name in sorted(os.listdir(logs)):
-            with open(os.path.join(logs, name), errors="replace") as f:
-                text = f.read()[-2000:]
-            if text.strip():
-                out.append(f"--- {name}\n{text}")
-        return "\n".join(out)
+        return log_tail(self.session_dir)
 
     def stop(self, timeout: float = 3.0) -> None:
         # The agent first: it stops its workers and unlinks the arena.
@@ -125,6 +119,17 @@ class LocalSession:
         _unlink_segments(self.session_dir)
 
 
+def log_tail(session_dir: str) -> str:
+    out = []
+    logs = os.path.join(session_dir, "logs")
+    for name in sorted(os.listdir(logs)):
+        with open(os.path.join(logs, name), errors="replace") as f:
+            text = f.read()[-2000:]
+        if text.strip():
+            out.append(f"--- {name}\n{text}")
+    return "\n".join(out)
+
+
 def _unlink_segments(session_dir: str) -> None:
     """Remove the arena if its agent was killed before it could."""
     tag = f"zray_{os.path.basename(session_dir)[-12:]}_"
@@ -138,3 +143,285 @@ def _unlink_segments(session_dir: str) -> None:
                 os.unlink(os.path.join("/dev/shm", name))
             except OSError:
                 pass
+
+
+# --------------------------------------------------------------------------- clusters
+#
+# `zray head` and `zray worker` start detached processes (they outlive the
+# command) in a session directory of their own, and write what they started
+# to RECORD there (mode 0600: it holds the token).  `zray stop`, `zray
+# status` and `zray.init(address=...)` find clusters through these records.
+
+RECORD = "cluster.json"
+DEFAULT_PORT = 6380
+
+
+class ClusterError(RuntimeError):
+    """A cluster command could not do what was asked; the message says why."""
+
+
+def split_address(address: str) -> Tuple[str, int]:
+    address = address.strip()
+    for prefix in ("tcp://", "zray://"):
+        if address.startswith(prefix):
+            address = address[len(prefix):]
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ClusterError(f"a cluster address is HOST:PORT (as `zray head` prints it), "
+                           f"got {address!r}")
+    return host, int(port)
+
+
+def ip_towards(host: str) -> str:
+    """This machine's address as seen from ``host`` (loopback for a local head)."""
+    if host in ("127.0.0.1", "localhost", "0.0.0.0", "::1"):
+        return "127.0.0.1"
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        probe.connect((host, 9))  # UDP: nothing is sent
+        return probe.getsockname()[0]
+    except OSError:
+        return "127.0.0.1"
+    finally:
+        probe.close()
+
+
+def head_query(address: str, token: str, what: str = "status", timeout: float = 5.0) -> dict:
+    """Ask a head over TCP (with the token) and return its reply."""
+    import zmq
+
+    from zray._private import security
+    from zray._private.protocol import Op
+
+    host, port = split_address(address)
+    keys = security.Keys(token)
+    try:
+        socket.create_connection((host, port), timeout=min(timeout, 3.0)).close()
+    except OSError as exc:
+        raise ClusterError(f"nothing answers at {host}:{port} ({exc.strerror or exc}); is "
+                           f"`zray head` running there?") from None
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    keys.join(sock)
+    try:
+        sock.connect(f"tcp://{host}:{port}")
+        sock.send_multipart(protocol.encode(Op.HEAD_QUERY, {"what": what, "req": 1}))
+        if not sock.poll(int(timeout * 1000)):
+            raise ClusterError(f"{host}:{port} accepts connections but did not answer within "
+                               f"{timeout:g} s: the token is wrong for this cluster, or it is "
+                               f"not a zray head")
+        op, body, _ = protocol.decode(sock.recv_multipart())
+    finally:
+        sock.close(0)
+        ctx.term()
+    if body.get("error"):
+        raise ClusterError(f"the head at {host}:{port} answered: {body['error']}")
+    return body
+
+
+def read_records() -> List[dict]:
+    """Records of the clusters this machine's user started, newest first."""
+    out = []
+    root = session_root()
+    for name in os.listdir(root):
+        path = os.path.join(root, name, RECORD)
+        try:
+            with open(path) as f:
+                record = json.load(f)
+        except (OSError, ValueError):
+            continue
+        record["session_dir"] = os.path.join(root, name)
+        out.append(record)
+    out.sort(key=lambda r: r.get("started", 0), reverse=True)
+    return out
+
+
+def _same_endpoint(a: str, b: str) -> bool:
+    try:
+        (ha, pa), (hb, pb) = split_address(a), split_address(b)
+    except ClusterError:
+        return False
+    local = {"127.0.0.1", "localhost", "0.0.0.0", socket.gethostname()}
+    return pa == pb and (ha == hb or (ha in local and hb in local))
+
+
+def find_record(address: Optional[str]) -> dict:
+    """The running node on this machine that belongs to ``address`` ("auto": any)."""
+    records = [r for r in read_records() if _record_alive(r)]
+    if address not in (None, "auto"):
+        records = [r for r in records if _same_endpoint(r["address"], address)]
+    if not records:
+        where = "" if address in (None, "auto") else f" for {address}"
+        raise ClusterError(f"no zray node{where} is running on this machine: start one with "
+                           f"`zray head` (or `zray worker --address HOST:PORT` to join a "
+                           f"cluster), then connect")
+    records.sort(key=lambda r: r.get("kind") != "head")
+    return records[0]
+
+
+def _record_alive(record: dict) -> bool:
+    return all(_is_ours(p) for p in record.get("procs", []))
+
+
+def _is_ours(proc: dict) -> bool:
+    """Whether the recorded process still runs (same pid, same start time, ours)."""
+    try:
+        p = psutil.Process(proc["pid"])
+        return abs(p.create_time() - proc["created"]) < 1.0 and p.status() != "zombie"
+    except (psutil.Error, KeyError):
+        return False
+
+
+class ClusterNode:
+    """The processes of one node started by `zray head` or `zray worker`."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.session_dir = tempfile.mkdtemp(prefix=f"zray_{kind}_", dir=session_root())
+        os.chmod(self.session_dir, 0o700)
+        os.makedirs(os.path.join(self.session_dir, "logs"))
+        self.node_id = protocol.new_id()
+        self.procs: List[subprocess.Popen] = []
+
+    def spawn(self, name: str, module_args: List[str], token: str) -> subprocess.Popen:
+        log = open(os.path.join(self.session_dir, "logs", f"{name}.log"), "ab")
+        env = dict(os.environ, ZRAY_TOKEN=token)
+        try:
+            proc = subprocess.Popen([sys.executable, "-m", *module_args],
+                                    stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                    start_new_session=True, close_fds=True, env=env)
+        finally:
+            log.close()
+        self.procs.append(proc)
+        return proc
+
+    def start_agent(self, head_address: str, token: str, node_ip: str, *, num_cpus: float,
+                    gpu_ids: List[int], num_gpus: float, resources: Dict[str, float],
+                    store_bytes: int) -> None:
+        total = {"CPU": float(num_cpus), **resources}
+        if num_gpus:
+            total["GPU"] = float(num_gpus)
+        self.resources = total
+        self.agent_address = \
+            f"ipc://{self.session_dir}/zray_agent_{self.node_id.hex()[:8]}.sock"
+        self.spawn("node", [
+            "zray._private.node", "--session-dir", self.session_dir,
+            "--node-id", self.node_id.hex(), "--head", head_address,
+            "--resources", json.dumps(total), "--gpu-ids", ",".join(map(str, gpu_ids)),
+            "--store-bytes", str(store_bytes), "--node-ip", node_ip], token)
+
+    def wait_joined(self, address: str, token: str, timeout: float = 20.0) -> None:
+        """Until the head lists this node as alive, or a process fails."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.check_alive()
+            try:
+                nodes = head_query(address, token, "nodes", timeout=2.0)["nodes"]
+            except ClusterError:
+                nodes = []
+            if any(n["node_id"] == self.node_id.hex() and n["alive"] for n in nodes):
+                return
+            if time.monotonic() > deadline:
+                tail = log_tail(self.session_dir)
+                self.stop()
+                raise ClusterError(f"the node agent did not join {address} within "
+                                   f"{timeout:g} s:\n{tail}")
+            time.sleep(0.1)  # polling a process we started in another session
+
+    def check_alive(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is not None:
+                tail = log_tail(self.session_dir)
+                self.stop()
+                raise ClusterError(f"a zray process exited at start (code {proc.returncode})"
+                                   f":\n{tail}")
+
+    def write_record(self, address: str, token: str) -> dict:
+        record = {"kind": self.kind, "address": address, "token": token,
+                  "node_id": self.node_id.hex(), "agent_address": self.agent_address,
+                  "resources": self.resources, "started": time.time(),
+                  "procs": [{"pid": p.pid, "created": psutil.Process(p.pid).create_time()}
+                            for p in self.procs]}
+        path = os.path.join(self.session_dir, RECORD)
+        fd = os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(record, f)
+        os.replace(path + ".tmp", path)
+        record["session_dir"] = self.session_dir
+        return record
+
+    def stop(self) -> None:
+        stop_processes([p.pid for p in reversed(self.procs)])
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.wait()
+        shutil.rmtree(self.session_dir, ignore_errors=True)
+        _unlink_segments(self.session_dir)
+
+
+def start_head(*, host: str, port: int, num_cpus: float, gpu_ids: List[int], num_gpus: float,
+               resources: Dict[str, float], store_bytes: int) -> dict:
+    from zray._private import security
+
+    token = security.new_token()
+    node = ClusterNode("head")
+    ready = os.path.join(node.session_dir, "head.ready")
+    node.spawn("head", ["zray._private.head", "--bind", f"tcp://{host}:{port}",
+                        "--pub", f"tcp://{host}:0", "--ready-file", ready], token)
+    deadline = time.monotonic() + 15
+    while not os.path.exists(ready):
+        node.check_alive()  # e.g. the port is taken: the log says so
+        if time.monotonic() > deadline:
+            node.stop()
+            raise ClusterError("the head did not start within 15 s")
+        time.sleep(0.02)  # polling a process we started in another session
+    connect_host = "127.0.0.1" if host in ("0.0.0.0", "") else host
+    address = f"{connect_host}:{port}"
+    node.start_agent(f"tcp://{address}", token, ip_towards(connect_host), num_cpus=num_cpus,
+                     gpu_ids=gpu_ids, num_gpus=num_gpus, resources=resources,
+                     store_bytes=store_bytes)
+    node.wait_joined(address, token)
+    return node.write_record(address, token)
+
+
+def start_worker(*, address: str, token: str, num_cpus: float, gpu_ids: List[int],
+                 num_gpus: float, resources: Dict[str, float], store_bytes: int) -> dict:
+    host, port = split_address(address)
+    address = f"{host}:{port}"
+    head_query(address, token, "nodes")  # a wrong address or token fails here, clearly
+    node = ClusterNode("worker")
+    node.start_agent(f"tcp://{address}", token, ip_towards(host), num_cpus=num_cpus,
+                     gpu_ids=gpu_ids, num_gpus=num_gpus, resources=resources,
+                     store_bytes=store_bytes)
+    node.wait_joined(address, token)
+    return node.write_record(address, token)
+
+
+def stop_processes(pids: List[int], timeout: float = 5.0) -> List[int]:
+    """SIGTERM, then SIGKILL what is left after ``timeout``; returns the pids that ran."""
+    procs = []
+    for pid in pids:
+        try:
+            p = psutil.Process(pid)
+            p.terminate()
+            procs.append(p)
+        except psutil.Error:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=timeout)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(alive, timeout=2)
+    return [p.pid for p in procs]
+
+
+def stop_record(record: dict) -> List[int]:
+    """Stop one recorded node (its processes, if still ours) and remove its files."""
+    pids = [p["pid"] for p in reversed(record.get("procs", [])) if _is_ours(p)]
+    stopped = stop_processes(pids)
+    shutil.rmtree(record["session_dir"], ignore_errors=True)
+    _unlink_segments(record["session_dir"])
+    return stopped

@@ -1,0 +1,393 @@
+"""A real cluster on this machine over loopback, started through the CLI.
+
+One head (1 CPU, ``alpha``) and two ``zray worker`` nodes (``beta`` and
+``gamma``, both with ``shared``), shared by the module; this test process
+is the driver, connected with ``zray.init(address=...)``.  The last tests
+kill a node and finally run ``zray stop``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import psutil
+import pytest
+import zmq
+
+import zray
+from zray import exceptions
+from zray._private import protocol
+from zray._private.protocol import Op
+
+pytestmark = pytest.mark.timeout(120)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Cluster:
+    def __init__(self, tmpdir: str) -> None:
+        self.env = dict(os.environ, ZRAY_TMPDIR=tmpdir,
+                        PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
+        self.env.pop("ZRAY_TOKEN", None)
+        self.tmpdir = tmpdir
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+
+    def zray(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
+        proc = subprocess.run([sys.executable, "-m", "zray.cli", *args], env=self.env,
+                              capture_output=True, text=True, timeout=timeout)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"zray {' '.join(args)} failed ({proc.returncode}):\n"
+                                 f"{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    def records(self) -> list:
+        root = os.path.join(self.tmpdir, "zray_sessions")
+        out = []
+        for name in os.listdir(root):
+            path = os.path.join(root, name, "cluster.json")
+            if os.path.exists(path):
+                with open(path) as f:
+                    out.append(dict(json.load(f), session_dir=os.path.join(root, name)))
+        return out
+
+    def record_of(self, node_id: str) -> dict:
+        return next(r for r in self.records() if r["node_id"] == node_id)
+
+    def status(self) -> dict:
+        return json.loads(self.zray("status", "--json").stdout)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    tmpdir = str(tmp_path_factory.mktemp("cluster"))
+    c = Cluster(tmpdir)
+    old = os.environ.get("ZRAY_TMPDIR")
+    os.environ["ZRAY_TMPDIR"] = tmpdir  # this driver finds the nodes' records here
+    try:
+        out = c.zray("head", "--port", str(c.port), "--num-cpus", "1",
+                     "--resources", '{"alpha": 1}', "--object-store-memory", str(512 << 20)).stdout
+        c.head_output = out
+        c.token = out.split("token: ")[1].split()[0]
+        for name in ("beta", "gamma"):
+            c.zray("worker", "--address", c.address, "--token", c.token, "--num-cpus", "1",
+                   "--resources", json.dumps({name: 1, "shared": 1}),
+                   "--object-store-memory", str(512 << 20))
+        zray.init(address=c.address)
+        c.nodes = {r["kind"] if r["kind"] == "head" else next(
+            k for k in r["resources"] if k in ("beta", "gamma")): r["node_id"]
+            for r in c.records()}
+        yield c
+    finally:
+        zray.shutdown()
+        c.zray("stop", check=False)
+        if old is None:
+            os.environ.pop("ZRAY_TMPDIR", None)
+        else:
+            os.environ["ZRAY_TMPDIR"] = old
+
+
+@zray.remote
+def node_of() -> str:
+    return zray.get_runtime_context().get_node_id()
+
+
+def test_head_prints_how_to_join(cluster):
+    out = cluster.head_output
+    assert f"zray worker --address {cluster.address} --token {cluster.token}" in out
+    assert f'zray.init(address="{cluster.address}")' in out
+
+
+def test_status_text_and_json(cluster):
+    summary = cluster.status()
+    assert summary["alive_nodes"] == 3 and summary["dead_nodes"] == 0
+    total = summary["resources"]["total"]
+    assert total["CPU"] == 3 and total["alpha"] == 1 and total["beta"] == 1
+    assert total["gamma"] == 1 and total["shared"] == 2
+    assert summary["object_store"]["capacity"] == 3 * (512 << 20)
+    text = cluster.zray("status").stdout
+    assert "3 node(s) alive" in text
+    for node_id in cluster.nodes.values():
+        assert node_id[:12] in text
+    assert "object store" in text and "Actors: " in text
+
+
+def test_driver_sees_the_cluster(cluster):
+    assert zray.cluster_resources()["CPU"] == 3
+    assert {n["NodeID"] for n in zray.nodes()} == set(cluster.nodes.values())
+
+
+def test_placement_by_resources(cluster):
+    for name in ("beta", "gamma"):
+        refs = [node_of.options(resources={name: 1}).remote() for _ in range(3)]
+        assert zray.get(refs, timeout=30) == [cluster.nodes[name]] * 3
+    assert zray.get(node_of.options(resources={"alpha": 1}).remote(),
+                    timeout=30) == cluster.nodes["head"]
+
+
+def test_chains_across_nodes(cluster):
+    @zray.remote(resources={"beta": 1})
+    def step(x):
+        return x + [zray.get_runtime_context().get_node_id()]
+
+    ref = zray.put([])
+    for name in ("beta", "gamma", "alpha", "beta"):
+        ref = step.options(resources={name: 1}).remote(ref)
+    hops = zray.get(ref, timeout=30)
+    assert hops == [cluster.nodes[n] for n in ("beta", "gamma", "head", "beta")]
+
+
+def test_errors_cross_nodes(cluster):
+    @zray.remote(resources={"gamma": 1}, max_retries=0)
+    def fails():
+        raise KeyError("on gamma")
+
+    with pytest.raises(KeyError) as info:
+        zray.get(fails.remote(), timeout=30)
+    assert "on gamma" in str(info.value)
+
+
+def test_100mb_object_made_on_one_node_read_on_another(cluster):
+    n = 100 * 1024 * 1024 // 8
+
+    @zray.remote(resources={"beta": 1})
+    def make():
+        return np.arange(n, dtype=np.int64)
+
+    start = time.perf_counter()
+    arr = zray.get(make.remote(), timeout=60)
+    elapsed = time.perf_counter() - start
+    assert arr.shape == (n,) and arr[0] == 0 and arr[-1] == n - 1
+    assert int(arr[::4096].sum()) == int(np.arange(n, dtype=np.int64)[::4096].sum())
+    assert not arr.flags.writeable  # a view of this node's store
+    print(f"100 MiB made on beta, read on the head node in {elapsed:.2f} s")
+
+    @zray.remote(resources={"gamma": 1})
+    def checksum(a):
+        return int(a[::1024].sum()), zray.get_runtime_context().get_node_id()
+
+    big = zray.put(np.arange(n, dtype=np.int64))
+    total, where = zray.get(checksum.remote(big), timeout=60)
+    assert where == cluster.nodes["gamma"]
+    assert total == int(np.arange(n, dtype=np.int64)[::1024].sum())
+
+
+def test_objects_freed_on_every_node(cluster):
+    def store_used(name):
+        node_id = cluster.nodes[name]
+        return next(n["store_used"] for n in cluster.status()["nodes"]
+                    if n["node_id"] == node_id)
+
+    def settles(name, ok, within=15.0):
+        # zray status asks the head, which hears each node's load twice a second.
+        deadline = time.monotonic() + within
+        while not ok(store_used(name)):
+            if time.monotonic() > deadline:
+                return False
+        return True
+
+    @zray.remote(resources={"beta": 1})
+    def make():
+        return np.ones(8 * 1024 * 1024 // 8)
+
+    ref = make.remote()
+    arr = zray.get(ref, timeout=30)
+    assert arr.sum() == 1024 * 1024
+    assert settles("beta", lambda used: used >= 8 << 20)   # made there
+    assert settles("head", lambda used: used >= 8 << 20)   # and copied here
+    del arr, ref
+    assert settles("beta", lambda used: used == 0), "the copy on beta was not freed"
+    assert settles("head", lambda used: used == 0), "the copy here was not freed"
+
+
+def test_actor_on_another_node_and_a_traveling_handle(cluster):
+    @zray.remote(resources={"gamma": 1})
+    class Counter:
+        def __init__(self):
+            self.n = 0
+
+        def incr(self, k=1):
+            self.n += k
+            return self.n
+
+        def node(self):
+            return zray.get_runtime_context().get_node_id()
+
+    counter = Counter.remote()
+    assert zray.get([counter.incr.remote() for _ in range(5)], timeout=30) == [1, 2, 3, 4, 5]
+    assert zray.get(counter.node.remote(), timeout=30) == cluster.nodes["gamma"]
+
+    @zray.remote(resources={"beta": 1})
+    def bump(handle, times):
+        return zray.get([handle.incr.remote() for _ in range(times)])[-1]
+
+    assert zray.get(bump.remote(counter, 3), timeout=30) == 8
+    zray.kill(counter)
+    with pytest.raises(exceptions.ActorDiedError):
+        zray.get(counter.incr.remote(), timeout=30)
+
+
+def test_task_infeasible_everywhere_waits_for_a_node(cluster):
+    @zray.remote(resources={"nowhere": 1})
+    def never():
+        return 1
+
+    ref = never.remote()
+    ready, pending = zray.wait([ref], timeout=1.0)
+    assert ready == [] and pending == [ref]
+    zray.cancel(ref)
+    with pytest.raises(exceptions.TaskCancelledError):
+        zray.get(ref, timeout=10)
+
+
+def test_unauthenticated_peer_is_refused(cluster):
+    ctx = zmq.Context()
+    plain = ctx.socket(zmq.DEALER)
+    plain.setsockopt(zmq.LINGER, 0)
+    plain.connect(f"tcp://{cluster.address}")
+    plain.send_multipart(protocol.encode(Op.HEAD_QUERY, {"what": "nodes", "req": 1}))
+    assert plain.poll(1500) == 0  # no answer, nothing of it was read
+    plain.close(0)
+    ctx.term()
+    wrong = "ab" * 24
+    out = cluster.zray("status", "--address", cluster.address, "--token", wrong,
+                       "--timeout", "2", check=False)
+    assert out.returncode != 0 and "token is wrong" in out.stderr
+    head_log = os.path.join(cluster.record_of(cluster.nodes["head"])["session_dir"],
+                            "logs", "head.log")
+    with open(head_log) as f:
+        assert "refused" in f.read()
+    assert cluster.status()["alive_nodes"] == 3  # the cluster did not mind
+
+
+def test_worker_with_wrong_address_or_token_fails_fast(cluster):
+    start = time.monotonic()
+    out = cluster.zray("worker", "--address", f"127.0.0.1:{free_port()}",
+                       "--token", cluster.token, check=False)
+    assert out.returncode != 0 and "nothing answers" in out.stderr
+    out = cluster.zray("worker", "--address", cluster.address, "--token", "12" * 24, check=False)
+    assert out.returncode != 0 and "token is wrong" in out.stderr
+    out = cluster.zray("worker", "--address", cluster.address, "--token", "short", check=False)
+    assert out.returncode != 0 and "48 hex digits" in out.stderr
+    assert time.monotonic() - start < 30
+    assert cluster.status()["alive_nodes"] == 3
+
+
+def test_init_with_address_rejects_local_options(cluster):
+    with pytest.raises(RuntimeError):
+        zray.init(address=cluster.address)  # already connected
+    zray.shutdown()
+    try:
+        with pytest.raises(ValueError, match="num_cpus"):
+            zray.init(address=cluster.address, num_cpus=2)
+        with pytest.raises(ConnectionError, match="no zray node"):
+            zray.init(address=f"127.0.0.1:{free_port()}")
+        zray.init(address="auto")
+        assert zray.cluster_resources()["CPU"] == 3
+    finally:
+        if not zray.is_initialized():
+            zray.init(address=cluster.address)
+
+
+def test_a_second_driver_shares_the_cluster(cluster, tmp_path):
+    script = tmp_path / "driver2.py"
+    script.write_text(
+        "import zray\n"
+        f"zray.init(address={cluster.address!r})\n"
+        "@zray.remote(resources={'beta': 1})\n"
+        "def f(x):\n"
+        "    return x * 2\n"
+        "print(sum(zray.get([f.remote(i) for i in range(20)])))\n"
+        "zray.shutdown()\n")
+    out = subprocess.run([sys.executable, str(script)], env=cluster.env, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == str(2 * sum(range(20)))
+    assert zray.get(node_of.remote(), timeout=30) in cluster.nodes.values()
+    assert cluster.status()["alive_nodes"] == 3  # that driver's shutdown left the cluster up
+
+
+def test_killed_node_is_detected_and_its_work_redone(cluster, tmp_path):
+    started = tmp_path / "started"
+    release = tmp_path / "release"
+
+    @zray.remote(resources={"shared": 1}, max_retries=2)
+    def long_job(started, release):
+        me = zray.get_runtime_context().get_node_id()
+        with open(started, "a") as f:
+            f.write(me + "\n")
+        deadline = time.monotonic() + 60
+        while not os.path.exists(release) and time.monotonic() < deadline:
+            time.sleep(0.05)  # the test's signal to finish: a file it creates
+        return me
+
+    @zray.remote(num_cpus=0, max_retries=0)
+    def fragile(started, release):
+        with open(started, "w") as f:
+            f.write("running")
+        deadline = time.monotonic() + 60
+        while not os.path.exists(release) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return "done"
+
+    ref = long_job.remote(str(started), str(release))
+    deadline = time.monotonic() + 30
+    while not started.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)  # waits for the task to report where it runs
+    victim = started.read_text().split()[0]
+    victim_name = next(k for k, n in cluster.nodes.items() if n == victim)
+    survivor = next(n for k, n in cluster.nodes.items() if k != "head" and n != victim)
+    # A task with no retries that only the victim can run, running when it dies.
+    started2 = tmp_path / "started2"
+    fragile_ref = fragile.options(resources={victim_name: 1}).remote(str(started2), str(release))
+    deadline = time.monotonic() + 30
+    while not started2.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert started2.exists()
+    record = cluster.record_of(victim)
+    agent_pid = record["procs"][0]["pid"]
+    os.kill(agent_pid, 9)
+    t0 = time.monotonic()
+    deadline = t0 + 20
+    dead = False
+    while time.monotonic() < deadline and not dead:
+        dead = any(n["node_id"] == victim and not n["alive"] for n in cluster.status()["nodes"])
+    assert dead, "the killed node was not marked dead"
+    print(f"node death seen by zray status after {time.monotonic() - t0:.1f} s")
+    release.write_text("go")
+    assert zray.get(ref, timeout=60) == survivor
+    with pytest.raises(exceptions.NodeDiedError, match="no retries left"):
+        zray.get(fragile_ref, timeout=60)
+    text = cluster.zray("status").stdout
+    assert "DEAD" in text and "1 dead" in text
+
+
+def test_stop_leaves_nothing_behind(cluster):
+    records = cluster.records()
+    segments_before = [r["session_dir"] for r in records]
+    pids = [p["pid"] for r in records for p in r["procs"]]
+    zray.shutdown()
+    out = cluster.zray("stop")
+    assert "stopped" in out.stdout
+    for pid in pids:
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
+    for session_dir in segments_before:
+        assert not os.path.exists(session_dir)
+        tag = f"zray_{os.path.basename(session_dir)[-12:]}_"
+        assert not [n for n in os.listdir("/dev/shm") if n.startswith(tag)]
+    assert not any("zray" in " ".join(p.info["cmdline"] or []) and cluster.tmpdir in
+                   " ".join(p.info["cmdline"] or []) for p in psutil.process_iter(["cmdline"]))
+    out = cluster.zray("status", check=False)
+    assert out.returncode != 0 and "no zray node" in out.stderr
