@@ -239,6 +239,44 @@ def test_actor_on_another_node_and_a_traveling_handle(cluster):
         zray.get(counter.incr.remote(), timeout=30)
 
 
+def test_saturated_node_spills_to_idle_ones(cluster, tmp_path):
+    release = tmp_path / "release"
+    arrived = tmp_path / "arrived"
+    arrived.mkdir()
+
+    @zray.remote(num_cpus=1)
+    def hold(i, arrived, release):
+        open(os.path.join(arrived, str(i)), "w").close()
+        deadline = time.monotonic() + 30
+        while not os.path.exists(release) and time.monotonic() < deadline:
+            time.sleep(0.02)  # the test's signal to finish: a file it creates
+        return zray.get_runtime_context().get_node_id()
+
+    # Three one-CPU nodes: three tasks that hold their CPU until all have
+    # started can only all start if the head node hands two of them on.
+    refs = [hold.remote(i, str(arrived), str(release)) for i in range(3)]
+    deadline = time.monotonic() + 30
+    while len(os.listdir(arrived)) < 3 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    release.write_text("go")
+    assert sorted(zray.get(refs, timeout=30)) == sorted(cluster.nodes.values())
+
+
+def test_head_directory_snapshot_lists_remote_objects(cluster):
+    from zray._private import services
+
+    @zray.remote(resources={"gamma": 1})
+    def make():
+        return np.zeros(1 << 20)
+
+    ref = make.remote()
+    zray.wait([ref], timeout=30)
+    snapshot = services.head_query(cluster.address, cluster.token, "snapshot")
+    assert snapshot["seq"] > 0
+    holders = snapshot["directory"].get(ref.binary())
+    assert holders == [bytes.fromhex(cluster.nodes["gamma"])]
+
+
 def test_task_infeasible_everywhere_waits_for_a_node(cluster):
     @zray.remote(resources={"nowhere": 1})
     def never():
@@ -308,13 +346,16 @@ def test_a_second_driver_shares_the_cluster(cluster, tmp_path):
         f"zray.init(address={cluster.address!r})\n"
         "@zray.remote(resources={'beta': 1})\n"
         "def f(x):\n"
+        "    if x == 0:\n"
+        "        print('hello from beta')\n"
         "    return x * 2\n"
         "print(sum(zray.get([f.remote(i) for i in range(20)])))\n"
         "zray.shutdown()\n")
     out = subprocess.run([sys.executable, str(script)], env=cluster.env, capture_output=True,
                          text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == str(2 * sum(range(20)))
+    assert out.stdout.strip().splitlines()[-1] == str(2 * sum(range(20)))
+    assert "hello from beta" in out.stdout + out.stderr  # a remote task's output
     assert zray.get(node_of.remote(), timeout=30) in cluster.nodes.values()
     assert cluster.status()["alive_nodes"] == 3  # that driver's shutdown left the cluster up
 

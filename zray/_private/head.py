@@ -127,7 +127,7 @@ class Head:
         self.handlers = {Op.REGISTER: self.on_register, Op.HEARTBEAT: self.on_heartbeat,
                          Op.HEAD_QUERY: self.on_query, Op.FORWARD: self.on_forward,
                          Op.RESULT: self.on_result, Op.ANNOUNCE: self.on_announce,
-                         Op.ACTOR_OP: self.on_actor_op}
+                         Op.ACTOR_OP: self.on_actor_op, Op.LOG: self.on_log}
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
 
@@ -362,6 +362,9 @@ class Head:
             self.directory.pop(oid, None)
             self.sizes.pop(oid, None)
         self.publish(b"obj", Op.PUB_OBJECT, {"sealed": sealed, "freed": freed, "node": node})
+
+    def on_log(self, ident: bytes, body: dict, raw) -> None:
+        self.to_node(body.get("to", b""), Op.LOG, body)
 
     def on_actor_op(self, ident: bytes, body: dict, raw) -> None:
         where = self.actors.get(body["A"])

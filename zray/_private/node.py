@@ -224,6 +224,7 @@ class Agent:
         self.anchors: Dict[bytes, ActorRec] = {}
         self.names: Dict[str, dict] = {}
         self.remote_actors: set = set()      # placed on other nodes by the head
+        self.job_origins: Dict[bytes, bytes] = {}  # job -> node of its driver (forwarded work)
         self.pulls: Dict[bytes, Pull] = {}
         self.peers: Dict[bytes, zmq.Socket] = {}
         self.freed_out: List[bytes] = []     # exported objects freed here: announce
@@ -292,6 +293,7 @@ class Agent:
             Op.REGISTERED: self.on_registered, Op.HEARTBEAT_ACK: self.on_heartbeat_ack,
             Op.FORWARD: self.on_forward, Op.RESULT: self.on_result,
             Op.ACTOR_OP: self.on_actor_op, Op.HEAD_REPLY: self.on_head_reply,
+            Op.LOG: lambda body, raw: self.on_log(b"", body, raw),
         }
 
     # ------------------------------------------------------------------ loop
@@ -1172,9 +1174,14 @@ class Agent:
                 obj.waiting.remove(task)
 
     def on_log(self, ident: bytes, body: dict, raw) -> None:
-        driver = self.drivers_by_job.get(body.get("job", b""))
+        job = body.get("job", b"")
+        driver = self.drivers_by_job.get(job)
         if driver is not None:
             self.send(driver, Op.LOG, body)
+        elif job in self.job_origins and ident:
+            # A forwarded task's output goes to its driver's node, through the head.
+            body["to"] = self.job_origins[job]
+            self.send_head(Op.LOG, body)
 
 
     # ------------------------------------------------------------------ cluster
@@ -1360,6 +1367,7 @@ class Agent:
         task = Task(spec, b"")
         task.origin = body["origin"]
         self.tasks[task.tid] = task
+        self.job_origins[task.job] = task.origin
         for oid in task.returns:
             obj = self.objects.get(oid)
             if obj is None:
