@@ -11,8 +11,10 @@ from __future__ import annotations
 import json
 import os
 import socket
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -71,8 +73,8 @@ class Cluster:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    tmpdir = str(tmp_path_factory.mktemp("cluster"))
+def cluster():
+    tmpdir = tempfile.mkdtemp(prefix="zc", dir="/tmp")  # short: it holds socket paths
     c = Cluster(tmpdir)
     old = os.environ.get("ZRAY_TMPDIR")
     os.environ["ZRAY_TMPDIR"] = tmpdir  # this driver finds the nodes' records here
@@ -93,6 +95,7 @@ def cluster(tmp_path_factory):
     finally:
         zray.shutdown()
         c.zray("stop", check=False)
+        shutil.rmtree(tmpdir, ignore_errors=True)
         if old is None:
             os.environ.pop("ZRAY_TMPDIR", None)
         else:
@@ -321,6 +324,39 @@ def test_worker_with_wrong_address_or_token_fails_fast(cluster):
     assert out.returncode != 0 and "48 hex digits" in out.stderr
     assert time.monotonic() - start < 30
     assert cluster.status()["alive_nodes"] == 3
+
+
+def test_head_on_a_taken_port_says_so(cluster):
+    out = cluster.zray("head", "--port", str(cluster.port), check=False)
+    assert out.returncode != 0 and "in use" in out.stderr.lower()
+    assert cluster.status()["alive_nodes"] == 3
+
+
+def test_head_block_stops_cleanly_on_ctrl_c():
+    tmp_path = tempfile.mkdtemp(prefix="zb", dir="/tmp")  # short: it holds socket paths
+    env = dict(os.environ, ZRAY_TMPDIR=str(tmp_path), PYTHONUNBUFFERED="1",
+               PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.Popen([sys.executable, "-m", "zray.cli", "head", "--port",
+                             str(free_port()), "--num-cpus", "1", "--block"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if "foreground" in line:
+            break
+    sessions = os.path.join(str(tmp_path), "zray_sessions")
+    assert len(os.listdir(sessions)) == 1, "".join(lines)
+    (session,) = os.listdir(sessions)
+    with open(os.path.join(sessions, session, "cluster.json")) as f:
+        pids = [p["pid"] for p in json.load(f)["procs"]]
+    proc.send_signal(2)
+    out = proc.communicate(timeout=30)[0]
+    assert proc.returncode == 0, "".join(lines) + out
+    assert "stopped" in out
+    assert not os.listdir(sessions)
+    for pid in pids:
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
+    shutil.rmtree(tmp_path)
 
 
 def test_init_with_address_rejects_local_options(cluster):

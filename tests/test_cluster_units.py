@@ -116,3 +116,9 @@ def test_status_text_reads_at_a_glance():
     assert "1.0 MiB/1.0 GiB object store" in text
     assert "Tasks: 2 running, 4 pending" in text and "needs_tpu" in text
     assert "Actors: 1 alive" in text
+
+
+def test_a_too_long_session_root_is_named(monkeypatch):
+    monkeypatch.setenv("ZRAY_TMPDIR", "/tmp/" + "d" * 80)
+    with pytest.raises(ValueError, match="ZRAY_TMPDIR"):
+        services.session_root()

@@ -24,8 +24,16 @@ import psutil
 from zray._private import protocol
 
 
+#: Unix socket paths hold 107 bytes; a session adds up to 44 to the root.
+MAX_ROOT_LEN = 107 - 44
+
+
 def session_root() -> str:
     root = os.path.join(os.environ.get("ZRAY_TMPDIR", tempfile.gettempdir()), "zray_sessions")
+    if len(root) > MAX_ROOT_LEN:
+        raise ValueError(f"zray keeps its sockets under {root}, which is too long for a Unix "
+                         f"socket path ({MAX_ROOT_LEN} characters at most); set ZRAY_TMPDIR "
+                         f"to a shorter directory")
     os.makedirs(root, mode=0o700, exist_ok=True)
     return root
 
