@@ -370,6 +370,9 @@ def test_init_with_address_rejects_local_options(cluster):
             zray.init(address=f"127.0.0.1:{free_port()}")
         zray.init(address="auto")
         assert zray.cluster_resources()["CPU"] == 3
+        zray.shutdown()
+        zray.init(redis_address=cluster.address)  # the seed-era spelling
+        assert zray.get(node_of.remote(), timeout=30) in cluster.nodes.values()
     finally:
         if not zray.is_initialized():
             zray.init(address=cluster.address)
