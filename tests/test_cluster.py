@@ -88,6 +88,9 @@ def cluster():
                    "--resources", json.dumps({name: 1, "shared": 1}),
                    "--object-store-memory", str(512 << 20))
         zray.init(address=c.address)
+        deadline = time.monotonic() + 10
+        while zray.cluster_resources().get("CPU") != 3 and time.monotonic() < deadline:
+            time.sleep(0.05)  # the driver's node hears of the last join from the head
         c.nodes = {r["kind"] if r["kind"] == "head" else next(
             k for k in r["resources"] if k in ("beta", "gamma")): r["node_id"]
             for r in c.records()}

@@ -99,10 +99,10 @@ def _block_until_signal(record: dict) -> None:
 
     from zray._private import services
 
-    click.echo("Running in the foreground; Ctrl-C stops this node.")
     stop = []
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.append(True))
+    click.echo("Running in the foreground; Ctrl-C stops this node.")
     procs = [psutil.Process(p["pid"]) for p in record["procs"]]
     try:
         while not stop:

@@ -1251,6 +1251,8 @@ class Agent:
         self.pub_seq = seq
         if op == Op.PUB_NODE and body.get("event") == "died":
             self.node_gone(body["node"])
+        elif op == Op.PUB_NODE:
+            self.send_head(Op.HEAD_QUERY, {"what": "nodes"})  # the new node's entry
         elif op == Op.PUB_OBJECT:
             for oid in body.get("freed", ()):
                 self.release_held(oid)
@@ -1263,6 +1265,8 @@ class Agent:
     def on_head_reply(self, body: dict, raw) -> None:
         if body.get("error"):
             logger.warning("the head answered with an error: %s", body["error"])
+        if "nodes" in body and "directory" not in body:
+            self.cluster_nodes = body["nodes"]
         if "directory" in body:
             self.pub_seq = max(self.pub_seq, body.get("seq", 0))
             directory = body["directory"]
