@@ -339,27 +339,31 @@ def test_head_block_stops_cleanly_on_ctrl_c():
     tmp_path = tempfile.mkdtemp(prefix="zb", dir="/tmp")  # short: it holds socket paths
     env = dict(os.environ, ZRAY_TMPDIR=str(tmp_path), PYTHONUNBUFFERED="1",
                PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.Popen([sys.executable, "-m", "zray.cli", "head", "--port",
-                             str(free_port()), "--num-cpus", "1", "--block"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines = []
-    for line in proc.stdout:
-        lines.append(line)
-        if "foreground" in line:
-            break
-    sessions = os.path.join(str(tmp_path), "zray_sessions")
-    assert len(os.listdir(sessions)) == 1, "".join(lines)
-    (session,) = os.listdir(sessions)
-    with open(os.path.join(sessions, session, "cluster.json")) as f:
-        pids = [p["pid"] for p in json.load(f)["procs"]]
-    proc.send_signal(2)
-    out = proc.communicate(timeout=30)[0]
-    assert proc.returncode == 0, "".join(lines) + out
-    assert "stopped" in out
-    assert not os.listdir(sessions)
-    for pid in pids:
-        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
-    shutil.rmtree(tmp_path)
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "zray.cli", "head", "--port",
+                                 str(free_port()), "--num-cpus", "1", "--block"], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            if "foreground" in line:
+                break
+        sessions = os.path.join(str(tmp_path), "zray_sessions")
+        assert len(os.listdir(sessions)) == 1, "".join(lines)
+        (session,) = os.listdir(sessions)
+        with open(os.path.join(sessions, session, "cluster.json")) as f:
+            pids = [p["pid"] for p in json.load(f)["procs"]]
+        proc.send_signal(2)
+        out = proc.communicate(timeout=30)[0]
+        assert proc.returncode == 0, "".join(lines) + out
+        assert "stopped" in out
+        assert not os.listdir(sessions)
+        for pid in pids:
+            assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
+    finally:
+        subprocess.run([sys.executable, "-m", "zray.cli", "stop"], env=env, capture_output=True,
+                       timeout=60)
+        shutil.rmtree(tmp_path, ignore_errors=True)
 
 
 def test_init_with_address_rejects_local_options(cluster):
