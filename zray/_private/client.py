@@ -24,6 +24,7 @@ import concurrent.futures
 import itertools
 import logging
 import os
+import select
 import sys
 import threading
 import time
@@ -40,6 +41,12 @@ from zray.object_ref import ObjectRef
 logger = logging.getLogger("zray")
 
 _LIVENESS_INTERVAL = 0.5
+_IDLE_TICK = 0.05          # how often the I/O thread reads when nobody else does
+_FOLLOWER_RECHECK = 0.05   # a waiting follower looks again this often, wake-up or not
+_BURST_GAP = 0.0002        # submissions this close together are a burst, worth batching
+_BATCH_WINDOW = 0.001      # a burst's submissions queued this long are sent by the I/O thread
+_FLUSH_AT = 64             # ... or by the submitter once this many are queued
+_ZERO_COPY_MIN = 65536     # smaller frames are copied (cheaper than zero-copy)
 
 
 class _Dep:
@@ -79,13 +86,12 @@ class ConnectionLost(exceptions.NodeDiedError):
 
 
 class _Waiter:
-    """One blocked get/wait: how many more objects it needs, and its wake-up."""
+    """One blocked get/wait: how many more objects it needs."""
 
-    __slots__ = ("needed", "event")
+    __slots__ = ("needed",)
 
     def __init__(self, needed: int) -> None:
         self.needed = needed
-        self.event = threading.Event()
 
 
 class Client:
@@ -108,18 +114,22 @@ class Client:
         self._requested: set = set()
         self._callbacks: Dict[bytes, List[Callable[[], None]]] = {}
         self._waiting: Dict[bytes, List[_Waiter]] = {}
-        self._cond = threading.Condition()
+        self._cond = threading.Condition()        # guards the state above; followers wait on it
         self._replies: Dict[int, Tuple[Op, dict, Sequence[Any]]] = {}
         self._req_ids = itertools.count(1)
         self._exported: set = set()
         self.tasks: "collections.deque" = collections.deque()   # EXECUTE for workers
-        self.task_ready = threading.Condition()
         self.on_interrupt: Optional[Callable[[dict], None]] = None
         self.current_task: Optional[dict] = None
 
         self._outbox: "collections.deque" = collections.deque()
-        self._signalled = False
-        self._wake_lock = threading.Lock()
+        self._released: "collections.deque" = collections.deque()  # DECREF/UNPIN items
+        self._last_flush = 0.0
+        self._last_item = 0.0                     # when the last submit or put was queued
+        self._sock_lock = threading.Lock()        # held for every call on the socket
+        self._leader = threading.Lock()           # held by the one thread reading the socket
+        self._followers = 0
+        self._deferred: "collections.deque" = collections.deque()
         self._ctx = zmq.Context()
         self._sock = self._ctx.socket(zmq.DEALER)
         self._sock.setsockopt(zmq.IDENTITY, self.identity)
@@ -127,12 +137,15 @@ class Client:
         self._sock.setsockopt(zmq.SNDHWM, 0)
         self._sock.setsockopt(zmq.RCVHWM, 0)
         self._sock.setsockopt(zmq.RECONNECT_IVL, 10)  # the agent may bind just after us
-        wake_addr = f"inproc://zray-wake-{id(self)}"
-        self._wake_recv = self._ctx.socket(zmq.PAIR)
-        self._wake_recv.bind(wake_addr)
-        self._wake_send = self._ctx.socket(zmq.PAIR)
-        self._wake_send.connect(wake_addr)
-        self._welcomed = threading.Event()
+        self._sock_closed = False
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._poller = select.poll()
+        self._poller.register(self._sock.getsockopt(zmq.FD), select.POLLIN)
+        self._poller.register(self._wake_r, select.POLLIN)
+        self._background = threading.Event()      # wakes the I/O thread
+        self._welcomed = False
         self._thread = threading.Thread(target=self._io_loop, name="zray-io", daemon=True)
 
     # ------------------------------------------------------------------ start/stop
@@ -141,7 +154,8 @@ class Client:
         self._thread.start()
         self._send(protocol.encode(Op.HELLO, {
             "kind": self.kind, "pid": pid or os.getpid(), "job": self.job_id}))
-        if not self._welcomed.wait(timeout):
+        if not self._wait_for(lambda: self._welcomed or self.lost is not None,
+                              time.monotonic() + timeout, check_lost=False):
             self.close()
             raise ConnectionError(
                 f"no answer from the zray node agent at {self.agent_address} within {timeout:.0f}s")
@@ -154,82 +168,250 @@ class Client:
         if self._thread.is_alive() and not self.lost:
             self._send(protocol.encode(Op.BYE, {}))
         self.closed = True
-        self._wake()
+        self._wake_leader()
+        self._background.set()
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(timeout=2)
+        if not self._thread.is_alive():
+            self._close_socket()
         with self._cond:
             self._cond.notify_all()
-        with self.task_ready:
-            self.task_ready.notify_all()
 
-    # ------------------------------------------------------------------ outbox
-    def _wake(self) -> None:
-        if not self._signalled:
-            self._signalled = True
-            with self._wake_lock:
-                try:
-                    self._wake_send.send(b"", zmq.NOBLOCK)
-                except zmq.ZMQError:
-                    pass
+    def _close_socket(self) -> None:
+        with self._sock_lock:
+            if self._sock_closed:
+                return
+            try:
+                self._flush_locked(True)
+            except Exception:
+                pass
+            self._sock_closed = True
+            self._sock.close(linger=100)
+            self._ctx.term()
+        for fd in (self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
+    # ------------------------------------------------------------------ sending
+    # Any thread sends on the socket itself, under ``_sock_lock``: no hand-off
+    # to another thread.  Ref-count changes and task submissions are queued in
+    # the outbox and coalesced; the outbox is flushed before any other send,
+    # before any wait, when it grows, and by the I/O thread shortly after a
+    # burst of submissions ends.  Releases (DECREF, UNPIN) wait longer, in
+    # their own queue: a wait does not flush them, so a loop of submit-and-get
+    # sends one message per task, not two.  Sending them after the submissions
+    # queued since is safe (an object lives a little longer); sending them
+    # after a later ADDREF of the same object is not, so an ADDREF moves them
+    # into the outbox first.
     def _send(self, frames: List[Any]) -> None:
-        self._outbox.append(frames)
-        self._wake()
+        with self._sock_lock:
+            if self._sock_closed:
+                return
+            if self._outbox:
+                self._flush_locked()
+            self._sock.send_multipart(frames, copy=len(frames) == 1 or
+                                      all(len(f) < _ZERO_COPY_MIN for f in frames[1:]))
+            self._after_send_locked()
 
     def _send_item(self, item: tuple) -> None:
-        """Queue a coalescable item: ("ref", op, oid) or ("submit", spec)."""
-        self._outbox.append(item)
-        self._wake()
-
-    def _flush(self) -> None:
+        """Queue a coalescable item: ("ref", op, oid), ("submit", spec) or
+        ("put", [oid, layout, contained], data)."""
+        kind = item[0]
+        if kind == "ref":
+            if item[1] != Op.ADDREF:
+                released = self._released
+                released.append(item)
+                if len(released) >= _FLUSH_AT:
+                    self.flush(True)
+                return
+            if self._released:
+                with self._sock_lock:  # keep this ADDREF behind earlier releases
+                    released = self._released
+                    while released:
+                        self._outbox.append(released.popleft())
+            self._outbox.append(item)  # goes with the next send: nothing waits on it
+            return
         outbox = self._outbox
+        outbox.append(item)
+        now = time.monotonic()
+        in_burst = now - self._last_item < _BURST_GAP
+        self._last_item = now
+        queued = len(outbox)
+        if queued >= _FLUSH_AT or not in_burst:
+            self.flush()  # a full batch, or a lone item that nothing would join
+        elif queued == 1:
+            self._background.set()  # a burst: the I/O thread sends it soon
+
+    def flush(self, releases: bool = False) -> None:
+        """Send the queued submissions and ADDREFs (and the releases if asked)."""
+        if self._outbox or (releases and self._released):
+            with self._sock_lock:
+                if not self._sock_closed:
+                    self._flush_locked(releases)
+                    self._after_send_locked()
+
+    def _flush_locked(self, releases: bool = False) -> None:
+        outbox = self._outbox
+        if releases:
+            released = self._released
+            while released:
+                outbox.append(released.popleft())
         sock = self._sock
         while outbox:
             item = outbox.popleft()
-            if type(item) is tuple:
-                if item[0] == "ref":
-                    op, ids = item[1], [item[2]]
-                    while outbox and type(outbox[0]) is tuple and outbox[0][0] == "ref" \
-                            and outbox[0][1] == op:
-                        ids.append(outbox.popleft()[2])
-                    sock.send_multipart(protocol.encode(op, {"o": ids}), copy=True)
-                else:  # submit
-                    specs = [item[1]]
-                    while outbox and type(outbox[0]) is tuple and outbox[0][0] == "submit":
-                        specs.append(outbox.popleft()[1])
-                    sock.send_multipart(protocol.encode(Op.SUBMIT, {"t": specs}))
+            kind = item[0]
+            if kind == "ref":
+                op, ids = item[1], [item[2]]
+                while outbox and outbox[0][0] == "ref" and outbox[0][1] == op:
+                    ids.append(outbox.popleft()[2])
+                sock.send_multipart(protocol.encode(op, {"o": ids}))
+            elif kind == "submit":
+                specs = [item[1]]
+                while outbox and outbox[0][0] == "submit":
+                    specs.append(outbox.popleft()[1])
+                sock.send_multipart(protocol.encode(Op.SUBMIT, {"t": specs}))
+            else:  # put
+                objects, frames = [item[1]], [item[2]]
+                while outbox and outbox[0][0] == "put":
+                    _, header, data = outbox.popleft()
+                    objects.append(header)
+                    frames.append(data)
+                sock.send_multipart(protocol.encode(Op.PUT, {"p": objects}, *frames))
+        self._last_flush = time.monotonic()
+
+    def _after_send_locked(self) -> None:
+        # The socket's FD is edge-triggered: a send may consume the signal of
+        # a message that arrived meanwhile, so a reader asleep in poll() must
+        # be told to look again.  With no reader, the next one drains before
+        # it polls.
+        if self._leader.locked() and self._sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            self._wake_leader()
+
+    def _wake_leader(self) -> None:
+        try:
+            os.write(self._wake_w, b"w")
+        except OSError:
+            pass  # the pipe is full (a wake-up is pending anyway) or closed
+
+    # ------------------------------------------------------------------ receiving
+    # The thread that needs a message reads the socket itself (it becomes the
+    # *leader*); other threads that wait meanwhile are *followers*, woken
+    # through ``_cond`` when the leader has dispatched something or steps down.
+    def _wait_for(self, done: Callable[[], bool], deadline: Optional[float],
+                  check_lost: bool = True) -> bool:
+        """Read and dispatch messages until ``done()``; False at ``deadline``."""
+        self.flush()
+        while True:
+            if done():
+                return True
+            if check_lost:
+                self._raise_if_lost()
+            elif self.closed:
+                return False
+            left = _LIVENESS_INTERVAL if deadline is None else deadline - time.monotonic()
+            if left <= 0:
+                return done()
+            if self._leader.acquire(False):
+                try:
+                    if not self._drain() and not done():
+                        self._poll(min(left, _LIVENESS_INTERVAL))
+                        self._drain()
+                finally:
+                    self._leader.release()
+                    self._step_down()
             else:
-                sock.send_multipart(item, copy=len(item) == 1)
+                with self._cond:
+                    self._followers += 1
+                    try:
+                        if not done() and self._leader.locked():
+                            self._cond.wait(min(left, _FOLLOWER_RECHECK))
+                    finally:
+                        self._followers -= 1
+
+    def _poll(self, timeout: float) -> None:
+        if self._sock_closed:
+            return
+        for fd, _ in self._poller.poll(max(0, int(timeout * 1000)) or 1):
+            if fd == self._wake_r:
+                try:
+                    os.read(self._wake_r, 4096)
+                except OSError:
+                    pass
+
+    def _drain(self) -> int:
+        """Receive and dispatch everything the socket holds (the leader only)."""
+        count = 0
+        sock = self._sock
+        while True:
+            batch = []
+            with self._sock_lock:
+                if self._sock_closed:
+                    break
+                for _ in range(256):
+                    try:
+                        batch.append(sock.recv_multipart(zmq.NOBLOCK))
+                    except zmq.Again:
+                        break
+            for frames in batch:
+                self._dispatch(frames)
+            count += len(batch)
+            if len(batch) < 256:
+                break
+        if count and self._followers:
+            with self._cond:
+                self._cond.notify_all()
+        return count
+
+    def _step_down(self) -> None:
+        if self._followers:
+            with self._cond:
+                self._cond.notify_all()
+        deferred = self._deferred
+        while deferred:
+            try:
+                deferred.popleft()()
+            except Exception:
+                logger.exception("zray: a callback failed")
 
     # ------------------------------------------------------------------ I/O thread
     def _io_loop(self) -> None:
-        poller = zmq.Poller()
-        poller.register(self._sock, zmq.POLLIN)
-        poller.register(self._wake_recv, zmq.POLLIN)
+        """Sends what the outbox holds when its producer moves on, serves ref
+        futures, delivers logs and cancels while no other thread reads, and
+        watches the agent's (and a worker's parent's) liveness."""
         next_check = time.monotonic() + _LIVENESS_INTERVAL
+        background = self._background
         try:
-            while True:
-                events = dict(poller.poll(int(_LIVENESS_INTERVAL * 1000)))
-                if self._wake_recv in events:
-                    while True:
+            while not self.closed:
+                if self._callbacks:
+                    # Futures are waiting: read actively, as a leader would.
+                    if self._leader.acquire(timeout=_IDLE_TICK):
                         try:
-                            self._wake_recv.recv(zmq.NOBLOCK)
-                        except zmq.Again:
-                            break
-                    self._signalled = False
-                self._flush()
-                if self.closed:
-                    break
-                if self._sock in events:
-                    for _ in range(1000):
+                            self._flush_if_idle()
+                            if not self._drain():
+                                self._poll(_IDLE_TICK)
+                                self._drain()
+                        finally:
+                            self._leader.release()
+                            self._step_down()
+                else:
+                    background.wait(_IDLE_TICK)
+                    background.clear()
+                    if self._outbox:
+                        # Let a burst of submissions grow into one message.
+                        time.sleep(_BATCH_WINDOW)
+                    self.flush(True)
+                    if self._leader.acquire(False):
                         try:
-                            frames = self._sock.recv_multipart(zmq.NOBLOCK, copy=False)
-                        except zmq.Again:
-                            break
-                        self._dispatch(frames)
+                            self._drain()
+                        finally:
+                            self._leader.release()
+                            self._step_down()
                 now = time.monotonic()
                 if now >= next_check:
                     next_check = now + _LIVENESS_INTERVAL
+                    self.flush(True)
                     self._check_liveness()
                     if self.lost:
                         break
@@ -237,15 +419,12 @@ class Client:
             if not self.closed:
                 self._mark_lost(f"zray connection thread failed: {exc!r}")
         finally:
-            try:
-                self._flush()
-            except Exception:
-                pass
-            self._sock.close(linger=100)
-            self._wake_recv.close()
-            with self._wake_lock:
-                self._wake_send.close()
-            self._ctx.term()
+            if self.closed:
+                self._close_socket()
+
+    def _flush_if_idle(self) -> None:
+        if self._outbox and time.monotonic() - self._last_flush >= _BATCH_WINDOW:
+            self.flush()
 
     def _check_liveness(self) -> None:
         if self.agent_pid and not _process_alive(self.agent_pid):
@@ -255,60 +434,54 @@ class Client:
 
     def _mark_lost(self, why: str) -> None:
         self.lost = why
-        self._welcomed.set()
         with self._cond:
             for waiters in self._waiting.values():
                 for waiter in waiters:
-                    waiter.event.set()
-            self._cond.notify_all()
-        with self.task_ready:
+                    waiter.needed = 0
             self.tasks.append(None)
-            self.task_ready.notify_all()
+            self._cond.notify_all()
+        self._wake_leader()
 
     def _dispatch(self, frames: List[Any]) -> None:
         try:
-            op, body, raw = protocol.decode([f.buffer for f in frames[:1]] + frames[1:])
+            op, body, raw = protocol.decode(frames)
         except protocol.ProtocolError as exc:
             logger.warning("zray: ignoring a malformed message from the agent: %s", exc)
             return
         if op == Op.OBJECT:
             self._on_object(body, raw)
         elif op == Op.EXECUTE or op == Op.EXIT:
-            with self.task_ready:
-                self.tasks.append((op, body, raw))
-                self.task_ready.notify()
+            self.tasks.append((op, body, raw))
         elif op in (Op.ALLOC_REPLY, Op.QUERY_REPLY, Op.PIN_REPLY, Op.ERROR):
-            with self._cond:
-                self._replies[body.get("req", 0)] = (op, body, raw)
-                self._cond.notify_all()
+            self._replies[body.get("req", 0)] = (op, body, raw)
         elif op == Op.LOG:
             self._print_log(body)
         elif op == Op.WARN:
             logger.warning("zray: %s", body.get("msg", ""))
         elif op == Op.INTERRUPT:
             if self.on_interrupt is not None:
-                self.on_interrupt(body)
+                # After the leader steps down: a KeyboardInterrupt must not
+                # land in the middle of dispatching.
+                self._deferred.append(lambda: self.on_interrupt(body))
         elif op == Op.WELCOME:
             self.welcome = body
             self.node_id = body["node"]
             self.agent_pid = self.agent_pid or body.get("pid")
-            self._welcomed.set()
+            self._welcomed = True
 
     def _on_object(self, body: dict, raw: Sequence[Any]) -> None:
         oid = body["o"]
-        callbacks = None
         with self._cond:
             self._requested.discard(oid)
             if oid in self._refs:
                 self._cache[oid] = Descriptor.from_message(body, raw)
                 callbacks = self._callbacks.pop(oid, None)
-            for waiter in self._waiting.pop(oid, ()):
-                waiter.needed -= 1
-                if waiter.needed <= 0:
-                    waiter.event.set()
-        if callbacks:
-            for callback in callbacks:
-                callback()
+                if callbacks:
+                    self._deferred.extend(callbacks)
+            waiters = self._waiting.pop(oid, None)
+            if waiters:
+                for waiter in waiters:
+                    waiter.needed -= 1
 
     def _print_log(self, body: dict) -> None:
         prefix = f"({body.get('name', '?')} pid={body.get('pid', '?')}) "
@@ -318,6 +491,15 @@ class Client:
             stream.flush()
         except Exception:
             pass
+
+    # ------------------------------------------------------------------ tasks (workers)
+    def next_task(self) -> Optional[tuple]:
+        """The next EXECUTE or EXIT for this worker (None once the connection is lost)."""
+        tasks = self.tasks
+        if not tasks:
+            self.flush(True)  # idle now: let go of what the last task held
+            self._wait_for(lambda: bool(tasks), None, check_lost=False)
+        return tasks.popleft() if tasks else None
 
     # ------------------------------------------------------------------ refs
     def add_local_ref(self, oid: bytes, announce: bool = True) -> None:
@@ -346,15 +528,10 @@ class Client:
         req = next(self._req_ids)
         body["req"] = req
         self._send(protocol.encode(op, body, *raw))
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while req not in self._replies:
-                self._raise_if_lost()
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise TimeoutError(f"zray node agent did not answer {op.name} in {timeout:.0f}s")
-                self._cond.wait(left)
-            reply = self._replies.pop(req)
+        replies = self._replies
+        if not self._wait_for(lambda: req in replies, time.monotonic() + timeout):
+            raise TimeoutError(f"zray node agent did not answer {op.name} in {timeout:.0f}s")
+        reply = replies.pop(req)
         if reply[0] == Op.ERROR:
             raise _error_from_reply(reply[1])
         return reply
@@ -376,7 +553,7 @@ class Client:
         """Store a serialized value under ``oid`` (this process holds a ref already)."""
         if ser.size <= protocol.INLINE_THRESHOLD:
             data = ser.to_bytes()
-            self._send(protocol.encode(Op.PUT, {"o": oid, "l": ser.layout, "c": ser.contained}, data))
+            self._send_item(("put", [oid, ser.layout, ser.contained], data))
             desc = Descriptor(ObjectKind.INLINE, ser.layout, data)
         else:
             offset = self.allocate(oid, ser.size)
@@ -404,47 +581,58 @@ class Client:
         self.put_serialized(ser, oid)
         return ref
 
-    def _request_missing(self, oids: Sequence[bytes]) -> List[bytes]:
-        """Ask the agent for objects not cached nor already asked for; return the missing."""
-        missing = [o for o in oids if o not in self._cache]
+    def _request_missing(self, oids: Sequence[bytes]) -> Tuple[List[bytes], List[bytes]]:
+        """(objects not cached, those of them not yet asked for); call with _cond held.
+
+        The caller sends the FETCH for the second list once it has let go of _cond.
+        """
+        cache = self._cache
+        missing = [o for o in oids if o not in cache]
+        new: List[bytes] = []
         if missing:
-            new = [o for o in missing if o not in self._requested]
+            requested = self._requested
+            new = [o for o in missing if o not in requested]
             if new:
-                self._requested.update(new)
-                self._send(protocol.encode(Op.FETCH, {"o": new}))
-        return missing
+                requested.update(new)
+        return missing, new
+
+    def _fetch(self, oids: List[bytes]) -> None:
+        if oids:
+            self._send(protocol.encode(Op.FETCH, {"o": oids}))
 
     def wait_objects(self, oids: Sequence[bytes], num_ready: int,
                      timeout: Optional[float]) -> bool:
         """Block until ``num_ready`` of ``oids`` are cached; False on timeout."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        cache = self._cache
+        if len(oids) == 1 and num_ready == 1 and oids[0] in cache:
+            return True
         with self._cond:
-            missing = self._request_missing(oids)
+            missing, new = self._request_missing(oids)
             if len(oids) - len(missing) >= num_ready:
                 return True
             self._raise_if_lost()
             waiter = _Waiter(num_ready - (len(oids) - len(missing)))
+            waiting = self._waiting
             for oid in missing:
-                self._waiting.setdefault(oid, []).append(waiter)
+                waiters = waiting.get(oid)
+                if waiters is None:
+                    waiting[oid] = [waiter]
+                else:
+                    waiters.append(waiter)
+        self._fetch(new)
         blocked = self.kind == "worker" and self.current_task is not None
         if blocked:
             self._send(protocol.encode(Op.BLOCKED, {}))
         try:
-            while not waiter.event.is_set():
-                self._raise_if_lost()
-                if deadline is None:
-                    waiter.event.wait(1.0)
-                else:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        return False
-                    waiter.event.wait(min(left, 1.0))
+            if not self._wait_for(lambda: waiter.needed <= 0, deadline):
+                return False
             self._raise_if_lost()
             return True
         finally:
             if blocked:
                 self._send(protocol.encode(Op.UNBLOCKED, {}))
-            if not waiter.event.is_set():
+            if waiter.needed > 0:
                 with self._cond:
                     for oid in missing:
                         waiters = self._waiting.get(oid)
@@ -486,8 +674,11 @@ class Client:
         oid = ref._id
 
         def resolve() -> None:
-            if threading.current_thread() is self._thread:
-                # Reading a shared object needs a round trip this thread serves.
+            desc = self._cache.get(oid)
+            if threading.current_thread() is self._thread and desc is not None \
+                    and desc.kind == ObjectKind.SHARED:
+                # Reading a shared object needs a round trip: not on the thread
+                # that watches the connection.
                 threading.Thread(target=resolve, daemon=True).start()
                 return
             try:
@@ -497,15 +688,19 @@ class Client:
             keep.clear()
 
         keep = [ref]  # the ref must live until the value is here
+        new: List[bytes] = []
         with self._cond:
             if oid in self._cache:
                 ready = True
             else:
                 ready = False
                 self._callbacks.setdefault(oid, []).append(resolve)
-                self._request_missing([oid])
+                _, new = self._request_missing([oid])
         if ready:
             resolve()
+        else:
+            self._fetch(new)
+            self._background.set()  # the I/O thread reads while futures wait
         return future
 
     # ------------------------------------------------------------------ tasks
@@ -522,6 +717,8 @@ class Client:
         tid = spec["t"]
         refs = [ObjectRef(protocol.object_id(tid, i), _held=True) for i in range(num_returns)]
         spec["j"] = self.job_id
+        # The agent pushes a task's results to its submitter: no FETCH needed.
+        self._requested.update(ref._id for ref in refs)
         self._send_item(("submit", spec))
         return refs
 

@@ -43,6 +43,9 @@ from zray._private.protocol import ObjectKind, Op
 
 logger = logging.getLogger("zray.node")
 
+_POLLIN = int(zmq.POLLIN)     # plain ints: pyzmq's flag enums are slow to combine
+_NOBLOCK = int(zmq.NOBLOCK)
+
 HEARTBEAT_INTERVAL = 0.5
 PARENT_CHECK_INTERVAL = 0.2
 
@@ -316,12 +319,12 @@ class Agent:
             while self.running:
                 events = dict(poller.poll(100))
                 if self.router in events:
+                    router = self.router
+                    # EVENTS before each read: a zmq.Again per pass costs more.
                     for _ in range(2000):
-                        try:
-                            frames = self.router.recv_multipart(zmq.NOBLOCK, copy=False)
-                        except zmq.Again:
+                        if not router.get(zmq.EVENTS) & _POLLIN:
                             break
-                        self.handle(frames)
+                        self.handle(router.recv_multipart(_NOBLOCK, copy=False))
                 if self.head in events:
                     self.drain_head()
                 if self.keys is not None:
@@ -520,13 +523,19 @@ class Agent:
 
     # ------------------------------------------------------------------ objects
     def on_put(self, ident: bytes, body: dict, raw) -> None:
-        oid = body["o"]
-        obj = self.objects.get(oid) or Obj()
-        self.objects[oid] = obj
+        """Inline objects, one raw frame each, in the order of ``body["p"]``."""
+        puts = body["p"]
+        if len(raw) != len(puts):
+            raise ValueError(f"PUT of {len(puts)} objects came with {len(raw)} frames")
         client = self.clients.get(ident)
-        if client is not None:
-            self.hold(client, oid, obj)
-        self.seal(oid, obj, ObjectKind.INLINE, body["l"], raw[0], -1, body.get("c", ()))
+        objects = self.objects
+        for (oid, layout, contained), data in zip(puts, raw):
+            obj = objects.get(oid)
+            if obj is None:
+                obj = objects[oid] = Obj()
+            if client is not None:
+                self.hold(client, oid, obj)
+            self.seal(oid, obj, ObjectKind.INLINE, layout, data, -1, contained)
 
     def on_alloc(self, ident: bytes, body: dict, raw) -> None:
         size = int(body["n"])

@@ -40,7 +40,7 @@ class Op(enum.IntEnum):
     ADDREF = 4
     DECREF = 5
     FETCH = 6           # ask for objects; answered with OBJECT as each is ready
-    PUT = 7             # an inline object
+    PUT = 7             # inline objects: [[oid, layout, contained], ...], a frame each
     ALLOC = 8           # reserve arena space for a large object
     SEAL = 9            # a large object written into its reserved space
     BLOCKED = 10        # worker waits in get/wait: lend its CPU
@@ -88,6 +88,9 @@ class Op(enum.IntEnum):
     PUB_OBJECT = 81     # objects sealed on a node, or freed everywhere
 
 
+_OPS = {int(op): op for op in Op}
+
+
 class ObjectKind(enum.IntEnum):
     INLINE = 0    # bytes in a message frame
     SHARED = 1    # lives in the node's arena at an offset
@@ -116,10 +119,10 @@ def decode(frames: Sequence[Any]) -> Tuple[Op, dict, Sequence[Any]]:
         raise ProtocolError(f"unreadable header: {exc}") from None
     if version != VERSION:
         raise ProtocolError(f"protocol version {version!r}, expected {VERSION}")
-    try:
-        op = Op(op)
-    except ValueError:
-        raise ProtocolError(f"unknown op {op!r}") from None
+    code = op
+    op = _OPS.get(code) if type(code) is int else None  # Op(code) costs microseconds
+    if op is None:
+        raise ProtocolError(f"unknown op {code!r}")
     if not isinstance(body, dict):
         raise ProtocolError(f"{op.name} body is {type(body).__name__}, expected a map")
     return op, body, frames[1:]

@@ -25,6 +25,7 @@ import os
 import selectors
 import signal
 import sys
+import time
 import traceback
 from typing import Any, Callable, Dict, List, Optional
 
@@ -179,6 +180,9 @@ class Worker:
         self.actor_error = ""
         self.actor_class_name = ""
         self.actor_runner: Optional[Callable[[dict, List[Any]], Any]] = None
+        self.profiler: Any = None
+        self.profile_path = ""
+        self.profile_due = 0.0
         client.on_interrupt = self.on_interrupt
 
     def on_interrupt(self, body: dict) -> None:
@@ -190,18 +194,31 @@ class Worker:
         client = self.client
         while True:
             try:
-                with client.task_ready:
-                    while not client.tasks:
-                        client.task_ready.wait()
-                    item = client.tasks.popleft()
+                item = client.next_task()
                 if item is None:
                     return  # connection lost
                 op, body, raw = item
                 if op == Op.EXIT:
                     return
                 self.execute(body, raw)
+                if self.profiler is not None and time.monotonic() >= self.profile_due:
+                    self.dump_profile()  # workers are killed at shutdown: dump as we go
             except KeyboardInterrupt:
                 continue  # a cancel that arrived after its task ended
+
+    def start_profile(self, path: str) -> None:
+        import cProfile
+
+        self.profiler = cProfile.Profile()
+        self.profile_path = path
+        self.profile_due = time.monotonic() + 1.0
+        self.profiler.enable()
+
+    def dump_profile(self) -> None:
+        if self.profiler is not None:
+            self.profiler.dump_stats(self.profile_path)  # this stops the profiler
+            self.profiler.enable()
+            self.profile_due = time.monotonic() + 1.0
 
     def execute(self, body: dict, raw: List[Any]) -> None:
         spec = body["s"]
@@ -432,14 +449,11 @@ def worker_loop(agent_address: str, worker_id: bytes) -> None:
     sys.stderr = LogStream(client, err=True)
     profile_dir = os.environ.get("ZRAY_PROFILE_DIR")
     try:
-        if profile_dir:  # a developer's switch: dump each worker's profile at exit
-            import cProfile
-
-            cProfile.runctx("worker.loop()", globals(), {"worker": worker},
-                            os.path.join(profile_dir, f"worker_{os.getpid()}.prof"))
-        else:
-            worker.loop()
+        if profile_dir:  # a developer's switch: dump each worker's profile
+            worker.start_profile(os.path.join(profile_dir, f"worker_{os.getpid()}.prof"))
+        worker.loop()
     finally:
+        worker.dump_profile()
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()
