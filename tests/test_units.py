@@ -28,6 +28,26 @@ def test_decode_rejects_bad_headers(header):
         protocol.decode([header])
 
 
+def test_batch_round_trip_keeps_each_messages_frames():
+    items = [({"t": b"a"}, [b"x", b"y"]), ({"t": b"b"}, []), ({"t": b"c"}, [b"z"])]
+    body, frames = protocol.pack_batch(items)
+    op, body, raw = protocol.decode(protocol.encode(Op.TASK_DONE, body, *frames))
+    assert protocol.unpack_batch(body, raw) == [(b, list(f)) for b, f in items]
+    assert protocol.unpack_batch({"t": 1}, [b"q"]) == [({"t": 1}, [b"q"])]  # not a batch
+
+
+@pytest.mark.parametrize("body, raw", [
+    ({"batch": [[{}, 2]]}, [b"only one"]),
+    ({"batch": [[{}, 0]]}, [b"extra"]),
+    ({"batch": [["not a body", 0]]}, []),
+    ({"batch": [[{}, -1]]}, []),
+    ({"batch": 5}, []),
+])
+def test_unpack_batch_rejects_miscounted_frames(body, raw):
+    with pytest.raises(protocol.ProtocolError):
+        protocol.unpack_batch(body, raw)
+
+
 def test_ids_and_layout():
     tid = protocol.new_id()
     assert len(tid) == protocol.ID_SIZE and tid != protocol.new_id()

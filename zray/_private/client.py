@@ -216,8 +216,8 @@ class Client:
             self._after_send_locked()
 
     def _send_item(self, item: tuple) -> None:
-        """Queue a coalescable item: ("ref", op, oid), ("submit", spec) or
-        ("put", [oid, layout, contained], data)."""
+        """Queue a coalescable item: ("ref", op, oid), ("submit", spec),
+        ("put", [oid, layout, contained], data) or ("done", body, frames)."""
         kind = item[0]
         if kind == "ref":
             if item[1] != Op.ADDREF:
@@ -272,13 +272,24 @@ class Client:
                 while outbox and outbox[0][0] == "submit":
                     specs.append(outbox.popleft()[1])
                 sock.send_multipart(protocol.encode(Op.SUBMIT, {"t": specs}))
-            else:  # put
+            elif kind == "put":
                 objects, frames = [item[1]], [item[2]]
                 while outbox and outbox[0][0] == "put":
                     _, header, data = outbox.popleft()
                     objects.append(header)
                     frames.append(data)
                 sock.send_multipart(protocol.encode(Op.PUT, {"p": objects}, *frames))
+            else:  # done: a worker's finished tasks
+                done = [(item[1], item[2])]
+                while outbox and outbox[0][0] == "done":
+                    _, body, frames = outbox.popleft()
+                    done.append((body, frames))
+                if len(done) == 1:
+                    body, frames = done[0]
+                else:
+                    body, frames = protocol.pack_batch(done)
+                sock.send_multipart(protocol.encode(Op.TASK_DONE, body, *frames),
+                                    copy=all(len(f) < _ZERO_COPY_MIN for f in frames))
         self._last_flush = time.monotonic()
 
     def _after_send_locked(self) -> None:
@@ -449,8 +460,18 @@ class Client:
             logger.warning("zray: ignoring a malformed message from the agent: %s", exc)
             return
         if op == Op.OBJECT:
-            self._on_object(body, raw)
-        elif op == Op.EXECUTE or op == Op.EXIT:
+            try:
+                for one, frames in protocol.unpack_batch(body, raw):
+                    self._on_object(one, frames)
+            except protocol.ProtocolError as exc:
+                logger.warning("zray: ignoring a malformed message from the agent: %s", exc)
+        elif op == Op.EXECUTE:
+            try:
+                self.tasks.extend((op, one, frames)
+                                  for one, frames in protocol.unpack_batch(body, raw))
+            except protocol.ProtocolError as exc:
+                logger.warning("zray: ignoring a malformed message from the agent: %s", exc)
+        elif op == Op.EXIT:
             self.tasks.append((op, body, raw))
         elif op in (Op.ALLOC_REPLY, Op.QUERY_REPLY, Op.PIN_REPLY, Op.ERROR):
             self._replies[body.get("req", 0)] = (op, body, raw)

@@ -231,6 +231,8 @@ class Agent:
         self.pulls: Dict[bytes, Pull] = {}
         self.peers: Dict[bytes, zmq.Socket] = {}
         self.freed_out: List[bytes] = []     # exported objects freed here: announce
+        # OBJECT messages for each client, sent as one batch at the end of a loop pass.
+        self.outgoing: Dict[bytes, List[tuple]] = {}
         self.pub_seq = -1
         self.sub: Optional[zmq.Socket] = None
         self.running = True
@@ -337,6 +339,8 @@ class Agent:
                     self.dispatch()
                 except Exception:
                     logger.exception("dispatch failed")  # the loop lives on
+                if self.outgoing:
+                    self.flush_outgoing()
                 if self.freed_out:
                     self.send_head(Op.ANNOUNCE, {"node": self.node_id, "freed": self.freed_out})
                     self.freed_out = []
@@ -375,6 +379,11 @@ class Agent:
                                         "msg": msg})
 
     def send(self, ident: bytes, op: Op, body: dict, *raw: Any) -> bool:
+        if self.outgoing and ident in self.outgoing:
+            self.flush_outgoing(ident)  # what was queued for this peer goes first
+        return self.send_now(ident, op, body, *raw)
+
+    def send_now(self, ident: bytes, op: Op, body: dict, *raw: Any) -> bool:
         try:
             frames = [ident, *protocol.encode(op, body, *raw)]
             # Zero-copy sends cost more than a memcpy for small frames.
@@ -385,6 +394,34 @@ class Agent:
             if exc.errno == zmq.EHOSTUNREACH:
                 return False  # the peer left; its records go when we hear of it
             raise
+
+    def send_batch(self, ident: bytes, op: Op, items: List[tuple]) -> bool:
+        """Several ``(body, raw frames)`` messages of one op, in one send."""
+        if len(items) == 1:
+            body, raw = items[0]
+            return self.send(ident, op, body, *raw)
+        body, raw = protocol.pack_batch(items)
+        return self.send(ident, op, body, *raw)
+
+    def queue_object(self, ident: bytes, body: dict, data: Any = None) -> None:
+        """An OBJECT for a client, sent with the others of this loop pass."""
+        item = (body, () if data is None else (data,))
+        queued = self.outgoing.get(ident)
+        if queued is None:
+            self.outgoing[ident] = [item]
+        else:
+            queued.append(item)
+
+    def flush_outgoing(self, ident: Optional[bytes] = None) -> None:
+        for peer in ([ident] if ident is not None else list(self.outgoing)):
+            items = self.outgoing.pop(peer, None)
+            if not items:
+                continue
+            if len(items) == 1:
+                body, raw = items[0]
+            else:
+                body, raw = protocol.pack_batch(items)
+            self.send_now(peer, Op.OBJECT, body, *raw)
 
     def send_head(self, op: Op, body: dict, *raw: Any) -> bool:
         try:
@@ -673,14 +710,14 @@ class Agent:
                 self.send_error_object(ident, oid, exceptions.ObjectStoreFullError(
                     f"object {oid.hex()} is spilled and there is no room to bring it back"))
                 return
-            self.send(ident, Op.OBJECT, {"o": oid, "k": obj.kind, "l": obj.layout,
-                                         "off": obj.offset})
+            self.queue_object(ident, {"o": oid, "k": obj.kind, "l": obj.layout,
+                                      "off": obj.offset})
         else:
-            self.send(ident, Op.OBJECT, {"o": oid, "k": obj.kind, "l": obj.layout}, obj.data)
+            self.queue_object(ident, {"o": oid, "k": obj.kind, "l": obj.layout}, obj.data)
 
     def send_error_object(self, ident: bytes, oid: bytes, exc: BaseException) -> None:
-        self.send(ident, Op.OBJECT, {"o": oid, "k": ObjectKind.ERROR, "l": []},
-                  _system_error(exc))
+        self.queue_object(ident, {"o": oid, "k": ObjectKind.ERROR, "l": []},
+                          _system_error(exc))
 
     def descriptor(self, oid: bytes, obj: Obj) -> tuple:
         if obj.kind == ObjectKind.SHARED:
@@ -897,6 +934,12 @@ class Agent:
         self.execute_on(worker, task)
 
     def execute_on(self, worker: WorkerRec, task: Task) -> None:
+        message = self.execute_message(worker, task)
+        if message is not None and not self.send(worker.wid, Op.EXECUTE, message[0], *message[1]):
+            self.worker_died(worker, "unreachable")
+
+    def execute_message(self, worker: WorkerRec, task: Task) -> Optional[tuple]:
+        """The EXECUTE ``(body, frames)`` for a task; None if it failed instead."""
         spec = task.spec
         frames: List[Any] = []
         deps = []
@@ -914,13 +957,12 @@ class Agent:
                 self.finish_with_error(task, exceptions.ZrayError(
                     f"task {task.name}: its function was never exported to this node"))
                 self.release_worker(worker)
-                return
+                return None
             body["fi"] = len(frames)
             body["path"] = path
             frames.append(blob)
             worker.functions.add(fid)
-        if not self.send(worker.wid, Op.EXECUTE, body, *frames):
-            self.worker_died(worker, "unreachable")
+        return body, frames
 
     def release_worker(self, worker: WorkerRec) -> None:
         if not worker.blocked:
@@ -936,6 +978,13 @@ class Agent:
         worker.task = None
 
     def on_task_done(self, ident: bytes, body: dict, raw) -> None:
+        for done, frames in protocol.unpack_batch(body, raw):
+            try:
+                self.task_done(ident, done, frames)
+            except Exception:
+                logger.exception("TASK_DONE from %s failed", ident.hex()[:8])
+
+    def task_done(self, ident: bytes, body: dict, raw) -> None:
         worker = self.workers.get(ident)
         if worker is None:
             return
@@ -1012,18 +1061,24 @@ class Agent:
         if actor.state != "alive" or actor.worker is None:
             return
         queue = actor.queue
+        worker = actor.worker
+        messages = []
         while queue:
             task = queue[0]
             if task.state == FINISHED:
                 queue.popleft()
                 continue
             if task.state != QUEUED:
-                return  # an earlier call still waits for its arguments
+                break  # an earlier call still waits for its arguments
             queue.popleft()
             task.state = RUNNING
-            task.worker = actor.worker
+            task.worker = worker
             actor.inflight[task.tid] = task
-            self.execute_on(actor.worker, task)
+            message = self.execute_message(worker, task)
+            if message is not None:
+                messages.append(message)
+        if messages and not self.send_batch(worker.wid, Op.EXECUTE, messages):
+            self.worker_died(worker, "unreachable")
 
     def on_kill(self, ident: bytes, body: dict, raw) -> None:
         actor = self.actors.get(body["A"])

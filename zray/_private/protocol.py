@@ -128,6 +128,41 @@ def decode(frames: Sequence[Any]) -> Tuple[Op, dict, Sequence[Any]]:
     return op, body, frames[1:]
 
 
+def pack_batch(items: Sequence[Tuple[dict, Sequence[Any]]]) -> Tuple[dict, List[Any]]:
+    """One body and frame list for several messages of one op.
+
+    Each item is ``(body, raw frames)``; the batch body lists every body with
+    its frame count, and the frames follow one another.  A receiver reads a
+    batch and a single message alike with :func:`unpack_batch`.
+    """
+    entries: List[list] = []
+    frames: List[Any] = []
+    for body, raw in items:
+        entries.append([body, len(raw)])
+        frames.extend(raw)
+    return {"batch": entries}, frames
+
+
+def unpack_batch(body: dict, raw: Sequence[Any]) -> List[Tuple[dict, Sequence[Any]]]:
+    """The ``(body, raw frames)`` messages a body carries: itself, or its batch."""
+    entries = body.get("batch")
+    if entries is None:
+        return [(body, raw)]
+    items = []
+    pos = 0
+    try:
+        for sub, count in entries:
+            if not isinstance(sub, dict) or type(count) is not int or count < 0:
+                raise ValueError
+            items.append((sub, raw[pos:pos + count]))
+            pos += count
+    except (TypeError, ValueError):
+        raise ProtocolError("a batch entry is not [body, frame count]") from None
+    if pos != len(raw):
+        raise ProtocolError(f"a batch counts {pos} frames but came with {len(raw)}")
+    return items
+
+
 _id_prefix = os.urandom(ID_SIZE - 8)
 _id_counter = itertools.count(1)
 

@@ -297,8 +297,9 @@ class Worker:
             else:
                 data = serialization.serialize_error(exc, name, self.pid)
             results, frames = self.error_results(returns, data)
-        self.client._send(protocol.encode(Op.TASK_DONE, {"t": spec["t"], "res": results,
-                                                         "err": error_text}, *frames))
+        # Queued, not sent: results of a run of quick calls go back together.
+        self.client._send_item(("done", {"t": spec["t"], "res": results, "err": error_text},
+                                frames))
 
     # ------------------------------------------------------------------ actors
     def create_actor(self, cls: type, spec: dict, *args: Any, **kwargs: Any) -> None:
