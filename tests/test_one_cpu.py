@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -74,3 +75,76 @@ def test_shutdown_leaves_nothing_behind():
     assert not os.path.exists(session_dir)
     tag = "zray_" + os.path.basename(session_dir)[-12:]
     assert not [n for n in os.listdir("/dev/shm") if n.startswith(tag)]
+
+
+def _scheduler_stats():
+    from zray._private import state
+
+    return state.client.query("scheduler")
+
+
+def test_tasks_sent_ahead_are_taken_back_when_their_worker_blocks():
+    zray.init(num_cpus=1)
+    try:
+        @zray.remote
+        def child():
+            return 0
+
+        @zray.remote
+        def parent(n, wait_for_ahead):
+            import time
+
+            from zray._private import state
+
+            refs = [child.remote() for _ in range(n)]
+            if wait_for_ahead:
+                # Wait until the agent has sent some children ahead to this very
+                # worker: on one CPU they can only run if it takes them back.
+                deadline = time.monotonic() + 20
+                while not state.client.tasks and time.monotonic() < deadline:
+                    time.sleep(0.005)
+            return len(zray.get(refs, timeout=30))
+
+        assert zray.get(parent.remote(5, False)) == 5      # the children are known quick
+        assert zray.get([parent.remote(0, False) for _ in range(20)]) == [0] * 20  # and so is it
+        assert zray.get(parent.remote(40, True), timeout=60) == 40
+        stats = _scheduler_stats()
+        assert stats["sent_ahead"] > 0 and stats["taken_back"] > 0
+    finally:
+        zray.shutdown()
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_cancelling_a_task_sent_ahead_skips_it_and_spares_its_worker(tmp_path, force):
+    zray.init(num_cpus=1)
+    try:
+        @zray.remote
+        def gate(mark, release=None):
+            import time
+
+            if release is not None:  # hold the only worker until the test says go
+                deadline = time.monotonic() + 30
+                while not os.path.exists(release) and time.monotonic() < deadline:
+                    time.sleep(0.002)
+            open(mark, "w").close()
+            return os.getpid()
+
+        warm = zray.get([gate.remote(str(tmp_path / f"warm{i}")) for i in range(5)])
+        release = str(tmp_path / "release")
+        held = gate.remote(str(tmp_path / "held"), release)
+        followers = [gate.remote(str(tmp_path / f"f{i}")) for i in range(4)]
+        deadline = time.monotonic() + 20
+        while _scheduler_stats()["sent_ahead"] < 4 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert _scheduler_stats()["sent_ahead"] >= 4
+        zray.cancel(followers[2], force=force)
+        _scheduler_stats()  # a round trip: the agent has handled the cancel
+        open(release, "w").close()
+        pid = warm[0]
+        assert zray.get(held, timeout=30) == pid  # its worker was not killed
+        assert [zray.get(followers[i], timeout=30) for i in (0, 1, 3)] == [pid] * 3
+        with pytest.raises(zray.exceptions.TaskCancelledError):
+            zray.get(followers[2], timeout=30)
+        assert not os.path.exists(tmp_path / "f2")
+    finally:
+        zray.shutdown()

@@ -121,6 +121,7 @@ class Client:
         self.tasks: "collections.deque" = collections.deque()   # EXECUTE for workers
         self.on_interrupt: Optional[Callable[[dict], None]] = None
         self.current_task: Optional[dict] = None
+        self.blocked_count = 0                    # BLOCKED messages sent (workers)
 
         self._outbox: "collections.deque" = collections.deque()
         self._released: "collections.deque" = collections.deque()  # DECREF/UNPIN items
@@ -522,6 +523,15 @@ class Client:
             self._wait_for(lambda: bool(tasks), None, check_lost=False)
         return tasks.popleft() if tasks else None
 
+    def receive_pending(self) -> None:
+        """Dispatch what has arrived, without waiting (unless another thread reads)."""
+        if self._leader.acquire(False):
+            try:
+                self._drain()
+            finally:
+                self._leader.release()
+                self._step_down()
+
     # ------------------------------------------------------------------ refs
     def add_local_ref(self, oid: bytes, announce: bool = True) -> None:
         with self._ref_lock:
@@ -644,6 +654,7 @@ class Client:
         self._fetch(new)
         blocked = self.kind == "worker" and self.current_task is not None
         if blocked:
+            self.blocked_count += 1
             self._send(protocol.encode(Op.BLOCKED, {}))
         try:
             if not self._wait_for(lambda: waiter.needed <= 0, deadline):

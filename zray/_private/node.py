@@ -53,6 +53,15 @@ PENDING, READY = 0, 1
 WAITING, QUEUED, RUNNING, FINISHED = "waiting", "queued", "running", "finished"
 REMOTE = "remote"           # forwarded to the head; its RESULT comes back here
 
+# Pipelining: a busy worker running quick tasks is handed the next ones of
+# the same kind before it finishes, so it never waits for the agent between
+# two tasks.  "Quick" is judged from each function's measured run time; the
+# backlog is kept to about BACKLOG_SECONDS of work so that a slow task never
+# strands many others behind it.
+QUICK_TASK_SECONDS = 0.002
+BACKLOG_SECONDS = 0.01
+MAX_BACKLOG = 16
+
 CHUNK_BYTES = 8 * 1024 * 1024
 CHUNK_WINDOW = 4            # chunk requests in flight per object pulled
 
@@ -171,7 +180,7 @@ class ClientRec:
 
 class WorkerRec:
     __slots__ = ("wid", "pid", "state", "task", "holding", "gpu_ids", "functions", "calls",
-                 "blocked", "actor")
+                 "blocked", "actor", "backlog", "epoch")
 
     def __init__(self, wid: bytes) -> None:
         self.wid = wid
@@ -184,6 +193,11 @@ class WorkerRec:
         self.calls: Dict[bytes, int] = collections.Counter()
         self.blocked = False
         self.actor: Optional[ActorRec] = None
+        # Tasks sent ahead to this worker, to run after ``task`` (see fill_backlogs).
+        self.backlog: Deque[Task] = collections.deque()
+        # BLOCKED messages seen from it: a task sent ahead carries this count, and the
+        # worker drops one whose count is behind its own (the agent took it back).
+        self.epoch = 0
 
 
 class Agent:
@@ -219,6 +233,9 @@ class Agent:
         self.warned_shapes: set = set()
         self.starting = 0
         self.pending_allocs: Dict[bytes, int] = {}
+        self.run_times: Dict[bytes, list] = {}   # function -> [runs seen, mean seconds]
+        self.sent_ahead = 0                       # tasks sent to busy workers, ever
+        self.taken_back = 0                       # ... and taken back when one blocked
         self.errors: Dict[bytes, Deque[dict]] = collections.defaultdict(
             lambda: collections.deque(maxlen=1000))
         self.drivers_by_job: Dict[bytes, bytes] = {}
@@ -854,7 +871,13 @@ class Agent:
             self.send(driver, Op.WARN, {"msg": msg})
 
     def dispatch(self) -> None:
-        """Start queued tasks whose resources fit, on idle workers."""
+        """Start queued tasks whose resources fit, on idle workers; then send
+        quick ones ahead to busy workers."""
+        self.start_queued()
+        if self.run_times and any(self.queues.values()):
+            self.fill_backlogs()
+
+    def start_queued(self) -> None:
         for queue in list(self.queues.values()):
             while queue:
                 task = queue[0]
@@ -879,6 +902,64 @@ class Agent:
                     return
                 queue.popleft()
                 self.run(task, worker, gpu_ids)
+
+    def is_quick(self, task: Task) -> bool:
+        seen = self.run_times.get(task.spec["f"])
+        return seen is not None and seen[0] >= 3 and seen[1] < QUICK_TASK_SECONDS
+
+    def can_send_ahead(self, task: Task) -> bool:
+        spec = task.spec
+        return (task.actor is None and not task.gpus and not spec.get("m")
+                and not task.cancelled and spec["f"] in self.functions and self.is_quick(task))
+
+    def fill_backlogs(self) -> None:
+        """Send queued quick tasks to busy workers that run quick tasks of the same shape."""
+        for worker in list(self.workers.values()):
+            task = worker.task
+            if worker.state != "busy" or worker.blocked or task is None \
+                    or worker.actor is not None or not self.can_send_ahead(task):
+                continue
+            queue = self.queues.get(task.shape)
+            if not queue:
+                continue
+            mean = self.run_times[task.spec["f"]][1]
+            depth = min(MAX_BACKLOG, max(1, int(BACKLOG_SECONDS / max(mean, 1e-6))))
+            backlog = worker.backlog
+            messages = []
+            while queue and len(backlog) < depth:
+                nxt = queue[0]
+                if nxt.state != QUEUED:
+                    queue.popleft()  # cancelled while queued
+                    continue
+                if not self.can_send_ahead(nxt):
+                    break
+                queue.popleft()
+                message = self.execute_message(worker, nxt)
+                if message is None:
+                    continue
+                message[0]["ep"] = worker.epoch
+                self.sent_ahead += 1
+                nxt.state = RUNNING
+                nxt.worker = worker
+                backlog.append(nxt)
+                messages.append(message)
+            if messages and not self.send_batch(worker.wid, Op.EXECUTE, messages):
+                self.worker_died(worker, "unreachable")
+
+    def take_back(self, worker: WorkerRec) -> None:
+        """Return the tasks sent ahead to a worker to the front of their queues."""
+        backlog = worker.backlog
+        while backlog:
+            task = backlog.pop()
+            task.worker = None
+            if task.state != RUNNING:
+                continue
+            task.state = QUEUED
+            self.taken_back += 1
+            queue = self.queues.get(task.shape)
+            if queue is None:
+                queue = self.queues[task.shape] = collections.deque()
+            queue.appendleft(task)
 
     def spill_task(self, task: Task, queue: Deque[Task]) -> bool:
         """A saturated node hands the head of a queue to a node that is idle now."""
@@ -994,16 +1075,33 @@ class Agent:
         if worker.task is None:
             return
         task = worker.task
+        if body.get("t") != task.tid:
+            logger.warning("worker %s reported task %s while running %s", ident.hex()[:8],
+                           bytes(body.get("t") or b"").hex()[:8], task.tid.hex()[:8])
+            return
         fid = task.spec["f"]
         worker.calls[fid] += 1
-        self.release_worker(worker)
-        max_calls = task.spec.get("m", 0)
-        if max_calls and worker.calls[fid] >= max_calls:
-            worker.state = "retiring"
-            self.send(worker.wid, Op.EXIT, {})
+        seconds = body.get("dt")
+        if type(seconds) is float:
+            seen = self.run_times.get(fid)
+            if seen is None:
+                self.run_times[fid] = [1, seconds]
+            else:
+                seen[0] += 1
+                seen[1] += (seconds - seen[1]) * 0.2
+        if worker.backlog:
+            # The next task is already there: it holds what this one held.
+            nxt = worker.backlog.popleft()
+            worker.task = nxt
         else:
-            worker.state = "idle"
-            self.idle.append(worker)
+            self.release_worker(worker)
+            max_calls = task.spec.get("m", 0)
+            if max_calls and worker.calls[fid] >= max_calls:
+                worker.state = "retiring"
+                self.send(worker.wid, Op.EXIT, {})
+            else:
+                worker.state = "idle"
+                self.idle.append(worker)
         if task.cancelled:
             for result in body.get("res", ()):
                 if result.get("k") == ObjectKind.SHARED:
@@ -1187,7 +1285,12 @@ class Agent:
 
     def on_blocked(self, ident: bytes, body: dict, raw) -> None:
         worker = self.workers.get(ident)
-        if worker is None or worker.task is None or worker.blocked:
+        if worker is None:
+            return
+        worker.epoch += 1
+        if worker.backlog:
+            self.take_back(worker)  # they may be what it waits for
+        if worker.task is None or worker.blocked:
             return
         worker.blocked = True
         cpu = worker.holding.get("CPU", 0)
@@ -1222,6 +1325,10 @@ class Agent:
         task.cancelled = True
         worker = task.worker
         if worker is None:
+            return
+        if task is not worker.task:
+            # Sent ahead, not started: the worker skips it and reports it cancelled.
+            self.send(worker.wid, Op.INTERRUPT, {"t": task.tid})
             return
         if body.get("force"):
             try:
@@ -1714,6 +1821,9 @@ class Agent:
             if entry is None:
                 raise ValueError(f"no live actor is named {body['name']!r}")
             reply.update(entry)
+        elif what == "scheduler":
+            reply.update(sent_ahead=self.sent_ahead, taken_back=self.taken_back,
+                         queued=sum(len(q) for q in self.queues.values()))
         elif what == "store":
             reply.update(used=self.allocator.used, capacity=self.allocator.capacity,
                          objects=len(self.objects), spilled=self.spill.spilled_bytes)
@@ -1806,18 +1916,25 @@ class Agent:
         if task is None:
             return
         self.release_worker(worker)
-        task.worker = None
-        if task.cancelled:
-            self.finish_with_error(task, exceptions.TaskCancelledError(
-                f"task {task.name} was cancelled (its worker was stopped)"))
-        elif task.retries_left > 0:
-            task.retries_left -= 1
-            task.state = WAITING
-            self.make_ready(task)
-        else:
-            self.finish_with_error(task, exceptions.WorkerCrashedError(
-                f"the worker running task {task.name} (pid {worker.pid}) died ({status}) "
-                f"and no retries were left"))
+        # Tasks sent ahead may have started too (their TASK_DONE can lag): each
+        # is treated like the running one.
+        lost = [task, *worker.backlog]
+        worker.backlog.clear()
+        for task in lost:
+            task.worker = None
+            if task.state == FINISHED:
+                continue
+            if task.cancelled:
+                self.finish_with_error(task, exceptions.TaskCancelledError(
+                    f"task {task.name} was cancelled (its worker was stopped)"))
+            elif task.retries_left > 0:
+                task.retries_left -= 1
+                task.state = WAITING
+                self.make_ready(task)
+            else:
+                self.finish_with_error(task, exceptions.WorkerCrashedError(
+                    f"the worker running task {task.name} (pid {worker.pid}) died ({status}) "
+                    f"and no retries were left"))
 
     # ------------------------------------------------------------------ stop
     def cleanup(self) -> None:

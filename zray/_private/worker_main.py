@@ -183,12 +183,17 @@ class Worker:
         self.profiler: Any = None
         self.profile_path = ""
         self.profile_due = 0.0
+        self.skip: set = set()   # tasks sent ahead and cancelled before they started
         client.on_interrupt = self.on_interrupt
 
     def on_interrupt(self, body: dict) -> None:
+        tid = body.get("t")
         task = self.client.current_task
-        if task is not None and task["t"] == body.get("t"):
+        if task is not None and task["t"] == tid:
             os.kill(self.pid, signal.SIGINT)
+        elif any(queued[1].get("s", {}).get("t") == tid for queued in self.client.tasks
+                 if queued is not None):
+            self.skip.add(tid)  # sent ahead and not started: never start it
 
     def loop(self) -> None:
         client = self.client
@@ -200,6 +205,14 @@ class Worker:
                 op, body, raw = item
                 if op == Op.EXIT:
                     return
+                if "ep" in body:  # sent ahead while the previous task ran
+                    if body["ep"] < client.blocked_count:
+                        continue  # ... and taken back when that one blocked
+                    client.receive_pending()  # a cancel of it may be waiting
+                if self.skip and body["s"]["t"] in self.skip:
+                    self.skip.discard(body["s"]["t"])
+                    self.complete(body["s"], None, KeyboardInterrupt())
+                    continue
                 self.execute(body, raw)
                 if self.profiler is not None and time.monotonic() >= self.profile_due:
                     self.dump_profile()  # workers are killed at shutdown: dump as we go
@@ -236,6 +249,7 @@ class Worker:
             self.gpu_ids = gpu_ids
         client.current_task = spec
         client.job_id = spec.get("j", client.job_id)
+        started = time.perf_counter()
         try:
             try:
                 fn, args, kwargs = self.prepare(spec, body, raw)
@@ -243,11 +257,11 @@ class Worker:
             finally:
                 self.flush_output()
         except KeyboardInterrupt:
-            self.complete(spec, None, KeyboardInterrupt())
+            self.complete(spec, None, KeyboardInterrupt(), started)
         except BaseException as exc:
-            self.complete(spec, None, exc)
+            self.complete(spec, None, exc, started)
         else:
-            self.complete(spec, value, None)
+            self.complete(spec, value, None, started)
         finally:
             client.current_task = None
 
@@ -271,8 +285,14 @@ class Worker:
         args, kwargs = self.load_args(spec, body, raw)
         return fn, args, kwargs
 
-    def complete(self, spec: dict, value: Any, exc: Optional[BaseException]) -> None:
-        """Store a task's results (or its failure) and tell the agent."""
+    def complete(self, spec: dict, value: Any, exc: Optional[BaseException],
+                 started: float = 0.0) -> None:
+        """Store a task's results (or its failure) and tell the agent.
+
+        With ``started`` (a perf_counter reading), the agent also hears how
+        long the task ran: it sends quick tasks ahead (see the agent's
+        fill_backlogs).
+        """
         name = spec.get("n", "task")
         returns = [protocol.object_id(spec["t"], i) for i in range(spec.get("r", 1))]
         results: List[dict] = []
@@ -297,9 +317,11 @@ class Worker:
             else:
                 data = serialization.serialize_error(exc, name, self.pid)
             results, frames = self.error_results(returns, data)
-        # Queued, not sent: results of a run of quick calls go back together.
-        self.client._send_item(("done", {"t": spec["t"], "res": results, "err": error_text},
-                                frames))
+        done = {"t": spec["t"], "res": results, "err": error_text}
+        if started:
+            done["dt"] = time.perf_counter() - started
+        # Queued, not sent: results of a run of quick tasks go back together.
+        self.client._send_item(("done", done, frames))
 
     # ------------------------------------------------------------------ actors
     def create_actor(self, cls: type, spec: dict, *args: Any, **kwargs: Any) -> None:
