@@ -52,7 +52,7 @@ def speed_ratio(zray_value: Optional[float], ray_value: Optional[float],
                 unit: str) -> Optional[float]:
     """How many times faster zray is than Ray (>1: zray is better).
 
-    Rates compare as zray/ray; times (lower is better) as ray/zray.
+    Rates compare as zray/ray; times and memory (lower is better) as ray/zray.
     """
     if zray_value is None or ray_value is None or zray_value <= 0 or ray_value <= 0:
         return None
@@ -139,8 +139,8 @@ def format_table(rows: Sequence[Dict[str, Any]], *, compare: bool = True,
     out = list(header) + [fmt(columns), fmt(["-" * w for w in widths])] + [fmt(b) for b in body]
     if compare:
         out.append("")
-        out.append("x faster = zray/ray for rates, ray/zray for times (s, us/task): "
-                   ">1 means zray is faster.")
+        out.append("x faster = zray/ray for rates, ray/zray for times and memory "
+                   "(s, us/task, B/task): >1 means zray is faster (or leaner).")
     errors = [(row["name"], side, row[f"{side}_error"]) for row in rows
               for side in ("zray", "ray") if row.get(f"{side}_error")]
     for name, side, error in errors:
