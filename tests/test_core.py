@@ -185,6 +185,31 @@ def test_numpy_is_zero_copy_and_read_only():
     assert np.array_equal(a, arr)  # the view kept its object alive
 
 
+def test_rereading_a_shared_object_reuses_its_pin():
+    from zray._private.protocol import Op
+
+    client = zray._client()
+    ref = zray.put(np.arange(1_000_000))
+    pins = []
+    real_request = client.request
+
+    def counting(op, body, *raw, **kwargs):
+        if op == Op.PIN:
+            pins.append(body["o"])
+        return real_request(op, body, *raw, **kwargs)
+
+    client.request = counting
+    try:
+        for _ in range(5):
+            value = zray.get(ref)
+            assert value[-1] == 999_999
+            del value
+    finally:
+        del client.request
+    # One PIN, or two if the lazy UNPIN happened to be sent in between.
+    assert 1 <= len(pins) <= 2
+
+
 def test_large_argument_and_result():
     arr = np.ones(3_000_000)
 

@@ -47,6 +47,9 @@ _BURST_GAP = 0.0002        # submissions this close together are a burst, worth 
 _BATCH_WINDOW = 0.001      # a burst's submissions queued this long are sent by the I/O thread
 _FLUSH_AT = 64             # ... or by the submitter once this many are queued
 _ZERO_COPY_MIN = 65536     # smaller frames are copied (cheaper than zero-copy)
+_EVENTS = int(zmq.EVENTS)  # plain ints: pyzmq's flag enums are slow to combine
+_POLLIN = int(zmq.POLLIN)
+_NOBLOCK = int(zmq.NOBLOCK)
 
 
 class _Dep:
@@ -109,6 +112,7 @@ class Client:
         self.lost: Optional[str] = None
 
         self._refs: Dict[bytes, int] = {}
+        self._pins: Dict[bytes, "_PinEntry"] = {}   # see _reuse_pin
         self._ref_lock = threading.Lock()
         self._cache: Dict[bytes, Descriptor] = {}
         self._requested: set = set()
@@ -264,9 +268,19 @@ class Client:
             item = outbox.popleft()
             kind = item[0]
             if kind == "ref":
-                op, ids = item[1], [item[2]]
-                while outbox and outbox[0][0] == "ref" and outbox[0][1] == op:
-                    ids.append(outbox.popleft()[2])
+                op = item[1]
+                if op == Op.UNPIN:
+                    ids = [item[2]] if self._unpin_due(item) else []
+                    while outbox and outbox[0][0] == "ref" and outbox[0][1] == op:
+                        item = outbox.popleft()
+                        if self._unpin_due(item):
+                            ids.append(item[2])
+                    if not ids:
+                        continue
+                else:
+                    ids = [item[2]]
+                    while outbox and outbox[0][0] == "ref" and outbox[0][1] == op:
+                        ids.append(outbox.popleft()[2])
                 sock.send_multipart(protocol.encode(op, {"o": ids}))
             elif kind == "submit":
                 specs = [item[1]]
@@ -361,11 +375,12 @@ class Client:
             with self._sock_lock:
                 if self._sock_closed:
                     break
+                # EVENTS before each read: cheaper than a zmq.Again per drain,
+                # and it re-arms the edge-triggered FD the same way.
                 for _ in range(256):
-                    try:
-                        batch.append(sock.recv_multipart(zmq.NOBLOCK))
-                    except zmq.Again:
+                    if not sock.get(_EVENTS) & _POLLIN:
                         break
+                    batch.append(sock.recv_multipart(_NOBLOCK))
             for frames in batch:
                 self._dispatch(frames)
             count += len(batch)
@@ -548,6 +563,7 @@ class Client:
                 return
             self._refs.pop(oid, None)
             self._cache.pop(oid, None)
+            self._pins.pop(oid, None)  # a later read pins anew; this one still unpins
         if not self.closed:
             self._send_item(("ref", Op.DECREF, oid))
 
@@ -558,6 +574,8 @@ class Client:
     def request(self, op: Op, body: dict, *raw: Any, timeout: float = 60.0) -> Tuple[Op, dict, Sequence[Any]]:
         req = next(self._req_ids)
         body["req"] = req
+        if op == Op.PIN or op == Op.ALLOC:
+            self.flush(True)  # store space we no longer use goes back first
         self._send(protocol.encode(op, body, *raw))
         replies = self._replies
         if not self._wait_for(lambda: req in replies, time.monotonic() + timeout):
@@ -690,16 +708,50 @@ class Client:
             return serialization.deserialize(memoryview(desc.data), desc.layout)
         if kind == ObjectKind.SHARED:
             arena = self.attach_arena()
-            # Pinning asks the agent where the bytes are now (a spilled object
-            # comes back) and keeps them from being spilled while views live.
-            _, body, _ = self.request(Op.PIN, {"o": oid})
-            offset = body["off"]
+            pin = self._reuse_pin(oid)
+            if pin is None:
+                # Pinning asks the agent where the bytes are now (a spilled object
+                # comes back) and keeps them from being spilled while views live.
+                _, body, _ = self.request(Op.PIN, {"o": oid})
+                pin = _PinEntry(body["off"])
+                with self._ref_lock:
+                    self._pins[oid] = pin
+            offset = pin.offset
             size = desc.layout[-1][0] + desc.layout[-1][1]
             view = arena.buf[offset:offset + size].toreadonly()
-            keeper = _Pin(self, ObjectRef(oid))
+            keeper = _Pin(self, ObjectRef(oid), pin)
             return serialization.deserialize(
                 view, desc.layout, lambda v: serialization.pinned_buffer(v, keeper))
         raise serialization.load_error(desc.data)
+
+    # A pin outlives the views of one read until its UNPIN is sent (releases are
+    # sent lazily): a read in the meantime takes it over instead of asking the
+    # agent again.  Each _PinEntry stands for one PIN, and sends one UNPIN.
+    def _reuse_pin(self, oid: bytes) -> Optional["_PinEntry"]:
+        with self._ref_lock:
+            pin = self._pins.get(oid)
+            if pin is None or not pin.live:
+                return None
+            pin.count += 1
+            return pin
+
+    def unpin(self, oid: bytes, pin: "_PinEntry") -> None:
+        with self._ref_lock:
+            pin.count -= 1
+            last = pin.count == 0
+        if last and not self.closed:
+            self._send_item(("ref", Op.UNPIN, oid, pin))
+
+    def _unpin_due(self, item: tuple) -> bool:
+        """Whether a queued UNPIN is still to be sent (no read took its pin over)."""
+        pin = item[3]
+        with self._ref_lock:
+            if pin.count > 0 or not pin.live:
+                return False
+            pin.live = False
+            if self._pins.get(item[2]) is pin:
+                del self._pins[item[2]]
+            return True
 
     def future_of(self, ref: ObjectRef) -> concurrent.futures.Future:
         future: concurrent.futures.Future = concurrent.futures.Future()
@@ -803,19 +855,30 @@ class Client:
         return body
 
 
+class _PinEntry:
+    """One PIN this process holds at its agent: where the object is, and how
+    many reads use it (guarded by the client's ``_ref_lock``)."""
+
+    __slots__ = ("offset", "count", "live")
+
+    def __init__(self, offset: int) -> None:
+        self.offset = offset
+        self.count = 1
+        self.live = True     # False once its UNPIN is on its way
+
+
 class _Pin:
     """Held by every view of one read of a shared object; unpins when they are gone."""
 
-    __slots__ = ("client", "ref")
+    __slots__ = ("client", "ref", "pin")
 
-    def __init__(self, client: Client, ref: ObjectRef) -> None:
+    def __init__(self, client: Client, ref: ObjectRef, pin: _PinEntry) -> None:
         self.client = client
         self.ref = ref
+        self.pin = pin
 
     def __del__(self) -> None:
-        client = self.client
-        if not client.closed:
-            client._send_item(("ref", Op.UNPIN, self.ref._id))
+        self.client.unpin(self.ref._id, self.pin)
 
 
 def _process_alive(pid: int) -> bool:
