@@ -321,6 +321,14 @@ def test_options_then_remote(cluster):
     assert zray.get(optioned.tag_of.remote()) == "x"
 
 
+def test_actor_with_no_cpus_leaves_every_cpu_free(cluster):
+    before = zray.available_resources().get("CPU", 0)
+    counter = Counter.options(num_cpus=0, max_restarts=0).remote(0)
+    assert zray.get(counter.inc.remote(1)) == 1  # alive and placed
+    assert zray.available_resources().get("CPU", 0) == before
+    zray.kill(counter)
+
+
 def test_bad_actor_options_fail_in_callers_line():
     with pytest.raises(ValueError, match="max_concurrency"):
         Counter.options(max_concurrency=0)

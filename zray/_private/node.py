@@ -122,10 +122,7 @@ class Task:
         self.name: str = spec.get("n", "task")
         self.owner = owner
         self.job: bytes = spec.get("j", b"")
-        resources = spec.get("q", {"CPU": 1.0})
-        self.demand = scheduling.to_units(resources)
-        self.gpus = float(resources.get("GPU", 0))
-        self.shape = tuple(sorted(self.demand.items()))
+        self.demand, self.gpus, self.shape = _demand_of(spec.get("q"))
         self.state = WAITING
         self.worker: Optional["WorkerRec"] = None
         retries = int(spec.get("x", 3))
@@ -137,6 +134,27 @@ class Task:
         self.actor: Optional[ActorRec] = None
         self.origin: Optional[bytes] = None   # the node that forwarded it here
         self.err = ""
+
+
+_DEFAULT_DEMAND = {"CPU": 1.0}
+_demands: Dict[tuple, tuple] = {}
+
+
+def _demand_of(resources: Optional[dict]) -> tuple:
+    """(demand in units, GPUs, shape) of a task's resources, computed once per kind.
+
+    Tasks share the demand dict: nobody changes it.
+    """
+    if resources is None:
+        resources = _DEFAULT_DEMAND  # an empty dict is a task that needs nothing
+    key = tuple(resources.items())
+    known = _demands.get(key)
+    if known is None:
+        demand = scheduling.to_units(resources)
+        known = (demand, float(resources.get("GPU", 0)), tuple(sorted(demand.items())))
+        if len(_demands) < 10_000:  # bounded: resource specs are few in practice
+            _demands[key] = known
+    return known
 
 
 class ActorRec:
@@ -234,6 +252,7 @@ class Agent:
         self.starting = 0
         self.pending_allocs: Dict[bytes, int] = {}
         self.run_times: Dict[bytes, list] = {}   # function -> [runs seen, mean seconds]
+        self.missing_by_shape: Dict[tuple, dict] = {}  # what this node can never provide
         self.sent_ahead = 0                       # tasks sent to busy workers, ever
         self.taken_back = 0                       # ... and taken back when one blocked
         self.errors: Dict[bytes, Deque[dict]] = collections.defaultdict(
@@ -344,6 +363,8 @@ class Agent:
                         if not router.get(zmq.EVENTS) & _POLLIN:
                             break
                         self.handle(router.recv_multipart(_NOBLOCK, copy=False))
+                    if self.outgoing:
+                        self.flush_outgoing()  # results first: their callers wait
                 if self.head in events:
                     self.drain_head()
                 if self.keys is not None:
@@ -822,7 +843,10 @@ class Agent:
         if "A" in task.spec and task.actor is None:
             self.forward(task)  # a call to an actor on another node
             return
-        missing = scheduling.missing(self.total, task.demand)
+        missing = self.missing_by_shape.get(task.shape)
+        if missing is None:
+            missing = self.missing_by_shape[task.shape] = scheduling.missing(self.total,
+                                                                             task.demand)
         if missing and self.can_forward():
             self.forward(task)  # this node can never run it: the head places it
             return
