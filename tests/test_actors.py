@@ -329,6 +329,43 @@ def test_actor_with_no_cpus_leaves_every_cpu_free(cluster):
     zray.kill(counter)
 
 
+@zray.remote
+class PinCounter:
+    """Counts the PIN requests of its own worker."""
+
+    def install(self):
+        from zray._private import state
+        from zray._private.protocol import Op
+
+        client = state.client
+        real_request = client.request
+        self.pins = 0
+
+        def counting(op, body, *raw, **kwargs):
+            if op == Op.PIN:
+                self.pins += 1
+            return real_request(op, body, *raw, **kwargs)
+
+        client.request = counting
+
+    def total(self, array):
+        return int(array.sum())
+
+    def count(self):
+        return self.pins
+
+
+def test_shared_arguments_arrive_pinned(cluster):
+    import numpy as np
+
+    counter = PinCounter.remote()
+    zray.get(counter.install.remote())
+    big = zray.put(np.ones(1_000_000, dtype=np.int64))  # in shared memory
+    assert zray.get(counter.total.remote(big)) == 1_000_000
+    assert zray.get(counter.count.remote()) == 0  # no PIN round trip to read it
+    zray.kill(counter)
+
+
 def test_bad_actor_options_fail_in_callers_line():
     with pytest.raises(ValueError, match="max_concurrency"):
         Counter.options(max_concurrency=0)

@@ -735,6 +735,30 @@ class Client:
             pin.count += 1
             return pin
 
+    def adopt_pins(self, body: dict) -> List[tuple]:
+        """Take over the pins the agent made for an EXECUTE's shared arguments.
+
+        Each becomes this process's pin on the object (or, if it has one
+        already, an extra to give back); the caller reads the arguments, then
+        hands the result to :meth:`release_pins`, and the views keep their own.
+        """
+        adopted = []
+        for desc in body.get("deps", ()):
+            if not desc.get("pin"):
+                continue
+            oid = desc["o"]
+            pin = _PinEntry(desc.get("off", 0))
+            with self._ref_lock:
+                current = self._pins.get(oid)
+                if current is None or not current.live:
+                    self._pins[oid] = pin
+            adopted.append((oid, pin))
+        return adopted
+
+    def release_pins(self, adopted: List[tuple]) -> None:
+        for oid, pin in adopted:
+            self.unpin(oid, pin)
+
     def unpin(self, oid: bytes, pin: "_PinEntry") -> None:
         with self._ref_lock:
             pin.count -= 1

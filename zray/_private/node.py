@@ -1048,11 +1048,19 @@ class Agent:
         spec = task.spec
         frames: List[Any] = []
         deps = []
+        client = self.clients.get(worker.wid)
         for oid in spec.get("d", ()):
-            desc, data = self.descriptor(oid, self.objects[oid])
+            obj = self.objects[oid]
+            desc, data = self.descriptor(oid, obj)
             if data is not None:
                 desc["i"] = len(frames)
                 frames.append(data)
+            elif client is not None:
+                # Pinned for the worker as its PIN would be: it reads the
+                # object at once and sends the UNPIN when its views are gone.
+                obj.pins += 1
+                client.pins[oid] += 1
+                desc["pin"] = 1
             deps.append(desc)
         body = {"s": spec, "deps": deps, "gpus": worker.gpu_ids}
         fid = spec["f"]

@@ -207,10 +207,12 @@ class Worker:
                     return
                 if "ep" in body:  # sent ahead while the previous task ran
                     if body["ep"] < client.blocked_count:
+                        client.release_pins(client.adopt_pins(body))
                         continue  # ... and taken back when that one blocked
                     client.receive_pending()  # a cancel of it may be waiting
                 if self.skip and body["s"]["t"] in self.skip:
                     self.skip.discard(body["s"]["t"])
+                    client.release_pins(client.adopt_pins(body))
                     self.complete(body["s"], None, KeyboardInterrupt())
                     continue
                 self.execute(body, raw)
@@ -408,12 +410,17 @@ class Worker:
 
     def load_args(self, spec: dict, body: dict, raw: List[Any]):
         values = []
-        for desc in body.get("deps", ()):
-            data = raw[desc["i"]] if "i" in desc else None
-            if data is not None and not isinstance(data, (bytes, bytearray, memoryview)):
-                data = data.buffer
-            d = Descriptor(desc["k"], desc["l"], data, desc.get("off", 0))
-            values.append(self.client.materialize(desc["o"], d))
+        client = self.client
+        pinned = client.adopt_pins(body)
+        try:
+            for desc in body.get("deps", ()):
+                data = raw[desc["i"]] if "i" in desc else None
+                if data is not None and not isinstance(data, (bytes, bytearray, memoryview)):
+                    data = data.buffer
+                d = Descriptor(desc["k"], desc["l"], data, desc.get("off", 0))
+                values.append(client.materialize(desc["o"], d))
+        finally:
+            client.release_pins(pinned)
         if "ao" in spec:
             args, kwargs = values[-1]
         elif "a" in spec:
