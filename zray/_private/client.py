@@ -2,16 +2,27 @@
 
 ::
 
-    user threads ──outbox──▶ I/O thread ──DEALER/ipc──▶ node agent
-         ▲                      │
-         └──── cache + cond ◀───┘  (OBJECT, replies, EXECUTE → task queue)
+    submit/put/refs ──outbox (coalesced)──┐
+    requests, FETCH, BLOCKED ─────────────┼──▶ DEALER/ipc ──▶ node agent
+                                          │
+    get/wait/request: the waiting thread ─┴── reads the socket itself (the
+    "leader"); other waiters follow on a condition; OBJECT, replies and
+    EXECUTE (a worker's task queue) are dispatched by whoever leads.
 
-One I/O thread owns the DEALER socket; user threads never touch it.  They
-append to an outbox and wake the I/O thread through an inproc pair; the I/O
-thread coalesces runs of small messages (ref counts, task submissions) into
-one send.  Objects that arrive are kept as descriptors (not values) in a
-cache while this process holds a ref to them, so repeated gets, waits and
-pushed task results cost no round trip.
+Any thread sends on the DEALER itself, under a lock: a one-at-a-time
+``get(f.remote())`` pays no hand-off to another thread on either side.
+Submissions, inline puts and finished tasks queue in an outbox; a lone one
+is sent at once, a burst is coalesced (a batch is sent at 64 items, or by
+the I/O thread about a millisecond after the burst ends).  Ref releases
+(DECREF, UNPIN) wait longer still: they cannot hurt by arriving late.  The
+I/O thread sends what producers left behind, reads while futures wait and
+nobody else does, and watches the agent's liveness.
+
+Objects that arrive are kept as descriptors (not values) in a cache while
+this process holds a ref to them, so repeated gets, waits and pushed task
+results cost no round trip.  Reads of shared objects keep a pin at the agent
+while views live; a pin whose UNPIN has not been sent yet is taken over by
+the next read of the same object.
 
 Reference counting: ``add_local_ref`` / ``remove_local_ref`` count ObjectRefs
 alive in this process; the agent hears only the 0→1 and 1→0 transitions.
