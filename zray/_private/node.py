@@ -253,6 +253,7 @@ class Agent:
         self.pending_allocs: Dict[bytes, int] = {}
         self.run_times: Dict[bytes, list] = {}   # function -> [runs seen, mean seconds]
         self.missing_by_shape: Dict[tuple, dict] = {}  # what this node can never provide
+        self.actors_to_pump: Dict[bytes, ActorRec] = {}  # actors with new ready calls
         self.sent_ahead = 0                       # tasks sent to busy workers, ever
         self.taken_back = 0                       # ... and taken back when one blocked
         self.errors: Dict[bytes, Deque[dict]] = collections.defaultdict(
@@ -854,7 +855,8 @@ class Agent:
             return  # back here when its arguments have arrived
         if task.actor is not None and not task.spec.get("new"):
             task.state = QUEUED
-            self.pump_actor(task.actor)
+            # Sent at the end of this loop pass, with the calls that follow it.
+            self.actors_to_pump[task.actor.aid] = task.actor
             return
         if missing:
             task.state = QUEUED
@@ -895,8 +897,12 @@ class Agent:
             self.send(driver, Op.WARN, {"msg": msg})
 
     def dispatch(self) -> None:
-        """Start queued tasks whose resources fit, on idle workers; then send
-        quick ones ahead to busy workers."""
+        """Send actors their ready calls; start queued tasks whose resources fit,
+        on idle workers; then send quick ones ahead to busy workers."""
+        if self.actors_to_pump:
+            actors, self.actors_to_pump = self.actors_to_pump, {}
+            for actor in actors.values():
+                self.pump_actor(actor)
         self.start_queued()
         if self.run_times and any(self.queues.values()):
             self.fill_backlogs()
