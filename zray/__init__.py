@@ -10,21 +10,50 @@
     ray.get(f.remote(1))  # 2
 
 This module is the public API only; the machinery lives in ``zray._private``.
+
+Importing it stays cheap: every process zray starts (head, node agent,
+worker template) imports this package first, so the modules of actors and
+remote functions load on first use (``remote()``, or ``__getattr__``).
 """
 
 from __future__ import annotations
 
 import atexit
 import threading
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from zray import exceptions
-from zray._private import protocol, state
-from zray.actor import ActorHandle, get_actor, kill, method
+from zray._private import state
 from zray.object_ref import ObjectRef
-from zray.remote_function import make_remote
+
+if TYPE_CHECKING:
+    from zray.actor import ActorHandle, get_actor, kill, method
 
 __version__ = "0.1.0"
+
+#: Public names that live in submodules, loaded when first asked for.
+_LAZY = {
+    "ActorHandle": "zray.actor", "get_actor": "zray.actor", "kill": "zray.actor",
+    "method": "zray.actor",
+}
+_SUBMODULES = ("actor", "object_ref", "remote_function", "cli", "util")
+
+
+def __getattr__(name: str) -> Any:
+    import importlib
+
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f"zray.{name}")
+    else:
+        raise AttributeError(f"module 'zray' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> List[str]:
+    return sorted(set(globals()) | set(_LAZY))
 
 _lock = threading.RLock()
 _session: Any = None
@@ -95,10 +124,9 @@ def init(address: Optional[str] = None, *, num_cpus: Optional[float] = None,
             from zray._private import scheduling
             scheduling.validate_resource_request(None, None, resources, where="zray.init")
 
-        import psutil
+        import os
 
         from zray._private import services
-        from zray._private.client import Client
 
         detected = services.detect_gpus()
         if num_gpus is None:
@@ -106,16 +134,23 @@ def init(address: Optional[str] = None, *, num_cpus: Optional[float] = None,
         gpu_ids = detected[:int(num_gpus)] if len(detected) >= num_gpus else \
             list(range(int(num_gpus)))
         if num_cpus is None:
-            num_cpus = psutil.cpu_count() or 1
+            num_cpus = os.cpu_count() or 1
         store = object_store_memory or services.default_store_bytes()
+        # The agent starts now; the client (zmq, cloudpickle, ...) loads meanwhile.
         session = services.LocalSession(num_cpus=num_cpus, gpu_ids=gpu_ids, num_gpus=num_gpus,
                                         resources=dict(resources or {}), store_bytes=store)
-        client = Client(session.agent_address, "driver", agent_pid=session.agent.pid)
         try:
+            from zray import remote_function  # noqa: F401  (the first @remote needs it)
+            from zray._private.client import Client
+
+            client = Client(session.agent_address, "driver", agent_pid=session.agent.pid)
             state.client = client
             client.connect(timeout=30)
+            session.start_head()
         except BaseException as exc:
-            state.client = None
+            client, state.client = state.client, None
+            if client is not None:
+                client.close()
             log = session.log_tail()
             session.stop()
             raise RuntimeError(f"zray could not start: {exc}\n{log}") from exc
@@ -209,6 +244,8 @@ def remote(*args: Any, **kwargs: Any) -> Any:
     The seed-era typed form ``@remote([int, int], [int])`` checks argument
     types when the task is submitted.
     """
+    from zray.remote_function import make_remote
+
     if len(args) == 1 and not kwargs and callable(args[0]):
         return make_remote(args[0], {})
     if args and all(isinstance(a, (list, tuple)) for a in args) and len(args) <= 2:
@@ -219,6 +256,7 @@ def remote(*args: Any, **kwargs: Any) -> Any:
         raise TypeError("@zray.remote takes a function or class, or only keyword options, "
                         f"e.g. @zray.remote(num_cpus=2); got {args!r}")
     from zray.remote_function import TASK_OPTIONS, validate_options
+
     if not any(k in ("max_restarts", "max_concurrency", "lifetime", "max_task_retries")
                for k in kwargs):
         validate_options(kwargs, TASK_OPTIONS, "@zray.remote")
@@ -284,6 +322,8 @@ def wait(object_refs: Sequence[ObjectRef], *, num_returns: int = 1,
 def cancel(object_ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:
     """Cancel the task that makes ``object_ref``: queued ones never run; running
     ones get KeyboardInterrupt, or with ``force=True`` their worker is killed."""
+    from zray._private import protocol
+
     if not isinstance(object_ref, ObjectRef):
         raise TypeError(f"zray.cancel expects an ObjectRef, got {type(object_ref).__name__}")
     client = _client()

@@ -8,10 +8,12 @@ it when refs are born and die.
 
 from __future__ import annotations
 
-import concurrent.futures
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from zray._private import state
+
+if TYPE_CHECKING:
+    import concurrent.futures
 
 
 class ObjectRef:

@@ -29,7 +29,7 @@ from typing import Any, Dict, List, Optional, Set
 
 import zmq
 
-from zray._private import protocol, scheduling, security
+from zray._private import protocol, scheduling
 from zray._private.protocol import Op
 
 logger = logging.getLogger("zray.head")
@@ -98,9 +98,16 @@ class Head:
         self.sizes: Dict[bytes, int] = {}
         self.seq = 0
         self.running = True
+        self.starter_fd = -1      # a pipe to the process that started us (see main)
         self.ctx = zmq.Context()
-        self.keys = security.Keys(token) if token else None
-        self.guard = security.Guard(self.ctx, self.keys, "the head") if self.keys else None
+        self.keys = self.guard = None
+        if token:
+            # Only a TCP cluster has keys; an embedded session's head on ipc
+            # never loads zmq.auth (and the asyncio it pulls in).
+            from zray._private import security
+
+            self.keys = security.Keys(token)
+            self.guard = security.Guard(self.ctx, self.keys, "the head")
         self.router = self.ctx.socket(zmq.ROUTER)
         self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.router.setsockopt(zmq.LINGER, 0)
@@ -134,6 +141,16 @@ class Head:
     def _on_signal(self, signum, frame) -> None:
         self.running = False
 
+    def tell_starter(self, line: str) -> None:
+        """One line to whoever started us, while it listens (it closes the pipe when done)."""
+        if self.starter_fd < 0:
+            return
+        try:
+            os.write(self.starter_fd, line.encode() + b"\n")
+        except OSError:  # it stopped listening
+            os.close(self.starter_fd)
+            self.starter_fd = -1
+
     def serve(self) -> None:
         poller = zmq.Poller()
         poller.register(self.router, zmq.POLLIN)
@@ -150,6 +167,8 @@ class Head:
                 if self.parent_pid and os.getppid() != self.parent_pid:
                     break
         finally:
+            if self.starter_fd >= 0:
+                os.close(self.starter_fd)
             if self.guard:
                 self.guard.stop()
             self.router.close(0)
@@ -209,6 +228,7 @@ class Head:
         self.publish(b"node", Op.PUB_NODE, {"event": "joined", "node": node_id})
         self.reply(ident, Op.REGISTERED, {"nodes": self.table(), "seq": self.seq,
                                           "pub": self.pub_address})
+        self.tell_starter(f"joined {node_id.hex()}")
         self.place_unplaced()
 
     def on_heartbeat(self, ident: bytes, body: dict, raw) -> None:
@@ -396,15 +416,17 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--bind", action="append", required=True)
     parser.add_argument("--pub", required=True)
     parser.add_argument("--parent-pid", type=int, default=0)
-    parser.add_argument("--ready-file", default="")
+    parser.add_argument("--ready-fd", type=int, default=-1,
+                        help="a pipe to the starter: 'bound PUB' once listening, then "
+                             "'joined NODE' as nodes register, until the starter closes it")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s head %(levelname)s %(message)s")
     token = os.environ.pop("ZRAY_TOKEN", None)  # never on the command line: ps shows it
     head = Head(args.bind, args.pub, args.parent_pid or None, token)
-    if args.ready_file:
-        with open(args.ready_file + ".tmp", "w") as f:
-            f.write(head.pub_address)
-        os.replace(args.ready_file + ".tmp", args.ready_file)
+    if args.ready_fd >= 0:
+        os.set_blocking(args.ready_fd, False)  # a starter that stops reading never blocks us
+        head.starter_fd = args.ready_fd
+        head.tell_starter(f"bound {head.pub_address}")
     head.serve()
 
 

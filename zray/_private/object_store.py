@@ -20,7 +20,6 @@ import bisect
 import contextlib
 import os
 import pickle
-import shutil
 import sys
 import threading
 from collections.abc import Iterator
@@ -452,6 +451,8 @@ class SpillStore:
 
     def cleanup(self) -> None:
         """Delete every spilled object and the spill directory."""
+        import shutil  # only here: the node agent starts faster without it
+
         self._sizes.clear()
         shutil.rmtree(self.directory, ignore_errors=True)
         self._created = False

@@ -4,6 +4,16 @@ An embedded session (``zray.init()`` with no address) is a session
 directory (mode 0700) holding the sockets and logs, a head process and one
 node agent, both children of the driver and both watching it: if the driver
 dies they exit on their own.  ``stop`` ends them and removes the directory.
+
+Start-up order matters more than anything else for how soon the first task
+runs: the agent is started first, before the driver loads its own client
+(the two start side by side), and the head only once the agent has answered,
+because a single-node session never waits on the head and on a small machine
+its start would only take CPU from the agent and the worker template.  The
+agent's ZeroMQ socket reconnects until the head binds.
+
+This module is imported by ``zray.init()`` before the processes start, so it
+imports little: psutil and socket only where a cluster command needs them.
 """
 
 from __future__ import annotations
@@ -12,14 +22,11 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from typing import Dict, List, Optional, Tuple
-
-import psutil
 
 from zray._private import protocol
 
@@ -51,15 +58,32 @@ def detect_gpus() -> List[int]:
     return list(range(sum(1 for line in out.stdout.splitlines() if line.startswith("GPU "))))
 
 
+def total_memory() -> int:
+    """Bytes of physical memory (psutil's ``virtual_memory().total``)."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        total = -1
+    if total > 0:
+        return total
+    import psutil  # platforms without these sysconf names
+
+    return psutil.virtual_memory().total
+
+
 def default_store_bytes() -> int:
     # 30% of memory, as users of shared-memory stores expect, but capped so a
     # laptop session does not claim gigabytes it will never use (the arena is
     # sparse: untouched pages cost nothing).
-    return int(min(psutil.virtual_memory().total * 0.3, 8 * 1024 ** 3))
+    return int(min(total_memory() * 0.3, 8 * 1024 ** 3))
 
 
 class LocalSession:
-    """The processes of an embedded single-node cluster."""
+    """The processes of an embedded single-node cluster.
+
+    Creating one starts the node agent; ``start_head`` starts the head, once
+    the driver has heard from the agent (see the module's docstring).
+    """
 
     def __init__(self, *, num_cpus: float, gpu_ids: List[int], num_gpus: float,
                  resources: Dict[str, float], store_bytes: int) -> None:
@@ -68,7 +92,7 @@ class LocalSession:
         os.makedirs(os.path.join(self.session_dir, "logs"))
         self.node_id = protocol.new_id()
         self.head_address = f"ipc://{self.session_dir}/zray_head.sock"
-        pub_address = f"ipc://{self.session_dir}/zray_pub.sock"
+        self.pub_address = f"ipc://{self.session_dir}/zray_pub.sock"
         self.agent_address = f"ipc://{self.session_dir}/zray_agent_{self.node_id.hex()[:8]}.sock"
         total = {"CPU": float(num_cpus), **resources}
         if num_gpus:
@@ -76,16 +100,19 @@ class LocalSession:
         total["memory"] = float(store_bytes)
         self.resources = {k: v for k, v in total.items() if k != "memory"}
         self.procs: List[subprocess.Popen] = []
-        parent = str(os.getpid())
-        self.head = self._spawn("head", [
-            "zray._private.head", "--bind", self.head_address, "--pub", pub_address,
-            "--parent-pid", parent])
+        self.head: Optional[subprocess.Popen] = None
         self.agent = self._spawn("node", [
             "zray._private.node", "--session-dir", self.session_dir,
             "--node-id", self.node_id.hex(), "--head", self.head_address,
             "--resources", json.dumps(self.resources),
             "--gpu-ids", ",".join(str(g) for g in gpu_ids),
-            "--store-bytes", str(store_bytes), "--parent-pid", parent])
+            "--store-bytes", str(store_bytes), "--parent-pid", str(os.getpid())])
+
+    def start_head(self) -> None:
+        if self.head is None:
+            self.head = self._spawn("head", [
+                "zray._private.head", "--bind", self.head_address, "--pub", self.pub_address,
+                "--parent-pid", str(os.getpid())])
 
     def _spawn(self, name: str, module_args: List[str]) -> subprocess.Popen:
         log = open(os.path.join(self.session_dir, "logs", f"{name}.log"), "ab")
@@ -109,8 +136,8 @@ class LocalSession:
         return log_tail(self.session_dir)
 
     def stop(self, timeout: float = 3.0) -> None:
-        # The agent first: it stops its workers and unlinks the arena.
-        for proc in reversed(self.procs):
+        # The agent (started first) first: it stops its workers and unlinks the arena.
+        for proc in self.procs:
             if proc.poll() is None:
                 try:
                     proc.send_signal(signal.SIGTERM)
@@ -184,6 +211,8 @@ def ip_towards(host: str) -> str:
     """This machine's address as seen from ``host`` (loopback for a local head)."""
     if host in ("127.0.0.1", "localhost", "0.0.0.0", "::1"):
         return "127.0.0.1"
+    import socket
+
     probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
         probe.connect((host, 9))  # UDP: nothing is sent
@@ -196,6 +225,8 @@ def ip_towards(host: str) -> str:
 
 def head_query(address: str, token: str, what: str = "status", timeout: float = 5.0) -> dict:
     """Ask a head over TCP (with the token) and return its reply."""
+    import socket
+
     import zmq
 
     from zray._private import security
@@ -246,6 +277,8 @@ def read_records() -> List[dict]:
 
 
 def _same_endpoint(a: str, b: str) -> bool:
+    import socket
+
     try:
         (ha, pa), (hb, pb) = split_address(a), split_address(b)
     except ClusterError:
@@ -274,6 +307,8 @@ def _record_alive(record: dict) -> bool:
 
 def _is_ours(proc: dict) -> bool:
     """Whether the recorded process still runs (same pid, same start time, ours)."""
+    import psutil
+
     try:
         p = psutil.Process(proc["pid"])
         return abs(p.create_time() - proc["created"]) < 1.0 and p.status() != "zombie"
@@ -292,13 +327,15 @@ class ClusterNode:
         self.node_id = protocol.new_id()
         self.procs: List[subprocess.Popen] = []
 
-    def spawn(self, name: str, module_args: List[str], token: str) -> subprocess.Popen:
+    def spawn(self, name: str, module_args: List[str], token: str,
+              pass_fds: Tuple[int, ...] = ()) -> subprocess.Popen:
         log = open(os.path.join(self.session_dir, "logs", f"{name}.log"), "ab")
         env = dict(os.environ, ZRAY_TOKEN=token)
         try:
             proc = subprocess.Popen([sys.executable, "-m", *module_args],
                                     stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                    start_new_session=True, close_fds=True, env=env)
+                                    start_new_session=True, close_fds=True, env=env,
+                                    pass_fds=pass_fds)
         finally:
             log.close()
         self.procs.append(proc)
@@ -337,6 +374,39 @@ class ClusterNode:
                                    f"{timeout:g} s:\n{tail}")
             time.sleep(0.1)  # polling a process we started in another session
 
+    def wait_told(self, fd: int, wanted: str, timeout: float) -> None:
+        """Until the head writes the line ``wanted`` on its start-up pipe ``fd``.
+
+        Fails as soon as a process of this node exits (the pipe's end tells of
+        the head's at once; the others are looked at every 0.2 s).
+        """
+        import select
+
+        deadline = time.monotonic() + timeout
+        pending = b""
+        while True:
+            self.check_alive()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                tail = log_tail(self.session_dir)
+                self.stop()
+                raise ClusterError(f"the node did not start within {timeout:g} s:\n{tail}")
+            if not select.select([fd], [], [], min(left, 0.2))[0]:
+                continue
+            chunk = os.read(fd, 4096)
+            if not chunk:  # the head is gone: wait for its exit, so its log is complete
+                try:
+                    self.procs[0].wait(timeout=2)
+                except subprocess.TimeoutExpired:
+                    pass
+                self.check_alive()
+                self.stop()
+                raise ClusterError("the head closed its start-up pipe before the node joined")
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            if wanted.encode() in lines:
+                return
+
     def check_alive(self) -> None:
         for proc in self.procs:
             if proc.poll() is not None:
@@ -346,6 +416,8 @@ class ClusterNode:
                                    f":\n{tail}")
 
     def write_record(self, address: str, token: str) -> dict:
+        import psutil
+
         record = {"kind": self.kind, "address": address, "token": token,
                   "node_id": self.node_id.hex(), "agent_address": self.agent_address,
                   "resources": self.resources, "started": time.time(),
@@ -374,22 +446,25 @@ def start_head(*, host: str, port: int, num_cpus: float, gpu_ids: List[int], num
 
     token = security.new_token()
     node = ClusterNode("head")
-    ready = os.path.join(node.session_dir, "head.ready")
-    node.spawn("head", ["zray._private.head", "--bind", f"tcp://{host}:{port}",
-                        "--pub", f"tcp://{host}:0", "--ready-file", ready], token)
-    deadline = time.monotonic() + 15
-    while not os.path.exists(ready):
-        node.check_alive()  # e.g. the port is taken: the log says so
-        if time.monotonic() > deadline:
-            node.stop()
-            raise ClusterError("the head did not start within 15 s")
-        time.sleep(0.02)  # polling a process we started in another session
     connect_host = "127.0.0.1" if host in ("0.0.0.0", "") else host
     address = f"{connect_host}:{port}"
-    node.start_agent(f"tcp://{address}", token, ip_towards(connect_host), num_cpus=num_cpus,
-                     gpu_ids=gpu_ids, num_gpus=num_gpus, resources=resources,
-                     store_bytes=store_bytes)
-    node.wait_joined(address, token)
+    # The head and its node's agent start side by side (the agent's socket
+    # reconnects until the head listens); the head says on a pipe when the
+    # agent has joined, or dies (e.g. the port is taken: its log says so).
+    ready_r, ready_w = os.pipe()
+    try:
+        try:
+            node.spawn("head", ["zray._private.head", "--bind", f"tcp://{host}:{port}",
+                                "--pub", f"tcp://{host}:0", "--ready-fd", str(ready_w)],
+                       token, pass_fds=(ready_w,))
+        finally:
+            os.close(ready_w)
+        node.start_agent(f"tcp://{address}", token, ip_towards(connect_host), num_cpus=num_cpus,
+                         gpu_ids=gpu_ids, num_gpus=num_gpus, resources=resources,
+                         store_bytes=store_bytes)
+        node.wait_told(ready_r, f"joined {node.node_id.hex()}", timeout=20.0)
+    finally:
+        os.close(ready_r)
     return node.write_record(address, token)
 
 
@@ -408,6 +483,8 @@ def start_worker(*, address: str, token: str, num_cpus: float, gpu_ids: List[int
 
 def stop_processes(pids: List[int], timeout: float = 5.0) -> List[int]:
     """SIGTERM, then SIGKILL what is left after ``timeout``; returns the pids that ran."""
+    import psutil
+
     procs = []
     for pid in pids:
         try:
