@@ -41,7 +41,6 @@ import threading
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-import psutil
 import zmq
 
 from zray import exceptions
@@ -917,6 +916,8 @@ class _Pin:
 
 
 def _process_alive(pid: int) -> bool:
+    import psutil
+
     try:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:

@@ -222,7 +222,7 @@ class Agent:
     def __init__(self, *, session_dir: str, node_id: bytes, head_address: str,
                  resources: Dict[str, float], gpu_ids: List[int], store_bytes: int,
                  parent_pid: Optional[int], node_ip: str = "127.0.0.1",
-                 token: Optional[str] = None) -> None:
+                 token: Optional[str] = None, adopt: Optional[tuple] = None) -> None:
         self.session_dir = session_dir
         self.node_id = node_id
         self.node_ip = node_ip
@@ -313,6 +313,7 @@ class Agent:
             self.keys.join(self.head)
         self.head.connect(head_address)
 
+        self.adopt = adopt
         self.template = self._start_template()
         self.template_buf = b""
         self.wake_r, self.wake_w = os.pipe()
@@ -974,6 +975,8 @@ class Agent:
                 backlog.append(nxt)
                 messages.append(message)
             if messages and not self.send_batch(worker.wid, Op.EXECUTE, messages):
+                for lost in backlog:
+                    lost.retries_left += 1  # sent ahead into the void: not a try
                 self.worker_died(worker, "unreachable")
 
     def take_back(self, worker: WorkerRec) -> None:
@@ -1047,6 +1050,8 @@ class Agent:
     def execute_on(self, worker: WorkerRec, task: Task) -> None:
         message = self.execute_message(worker, task)
         if message is not None and not self.send(worker.wid, Op.EXECUTE, message[0], *message[1]):
+            if task.actor is None:
+                task.retries_left += 1  # it never reached the worker: not a try
             self.worker_died(worker, "unreachable")
 
     def execute_message(self, worker: WorkerRec, task: Task) -> Optional[tuple]:
@@ -1892,6 +1897,9 @@ class Agent:
 
     # ------------------------------------------------------------------ workers
     def _start_template(self) -> subprocess.Popen:
+        if self.adopt is not None:
+            adopted, self.adopt = _AdoptedTemplate(*self.adopt), None
+            return adopted
         log = open(os.path.join(self.session_dir, "logs", f"workers_{self.node_id.hex()[:8]}.log"),
                    "ab")
         env = dict(os.environ)
@@ -1916,6 +1924,8 @@ class Agent:
         except (BrokenPipeError, OSError):
             logger.error("worker template is gone; restarting it")
             self.template = self._start_template()
+            self.template_buf = b""
+            self.poller.register(self.template.stdout.fileno(), zmq.POLLIN)
             self.template.stdin.write(f"spawn {wid.hex()}\n".encode())
             self.template.stdin.flush()
 
@@ -1924,7 +1934,11 @@ class Agent:
             chunk = os.read(self.template.stdout.fileno(), 65536)
         except BlockingIOError:
             return
-        if not chunk:
+        if not chunk:  # the template is gone: the next spawn starts another
+            try:
+                self.poller.unregister(self.template.stdout.fileno())
+            except KeyError:
+                pass
             return
         self.template_buf += chunk
         *lines, self.template_buf = self.template_buf.split(b"\n")
@@ -1985,7 +1999,8 @@ class Agent:
             self.template.wait(timeout=2)
         except subprocess.TimeoutExpired:
             self.template.kill()
-            self.template.wait()
+            if isinstance(self.template, subprocess.Popen):
+                self.template.wait()
         for pid in list(self.workers_by_pid):
             try:
                 os.kill(pid, signal.SIGKILL)
@@ -2008,8 +2023,41 @@ class Agent:
             pass
 
 
+class _AdoptedTemplate:
+    """A worker template started next to this agent by whoever started both, handed
+    over as two pipe ends.  Not our child: its exit shows as EOF on its stdout."""
+
+    def __init__(self, pid: int, fd_in: int, fd_out: int) -> None:
+        self.pid = pid
+        self.stdin = os.fdopen(fd_in, "wb")
+        self.stdout = os.fdopen(fd_out, "rb", buffering=0)
+        os.set_blocking(fd_out, False)
+
+    def wait(self, timeout: float) -> None:
+        import select
+        deadline = time.monotonic() + timeout
+        fd = self.stdout.fileno()
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise subprocess.TimeoutExpired("worker template", timeout)
+            if select.select([fd], [], [], left)[0]:
+                try:
+                    if not os.read(fd, 65536):
+                        return
+                except BlockingIOError:
+                    pass
+
+    def kill(self) -> None:
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m zray._private.node")
+    parser.add_argument("--template", default="", help="PID,IN_FD,OUT_FD of a started template")
     parser.add_argument("--session-dir", required=True)
     parser.add_argument("--node-id", required=True)
     parser.add_argument("--head", required=True)
@@ -2025,7 +2073,8 @@ def main(argv: Optional[List[str]] = None) -> None:
                   head_address=args.head, resources=json.loads(args.resources),
                   gpu_ids=[int(g) for g in args.gpu_ids.split(",") if g],
                   store_bytes=args.store_bytes, parent_pid=args.parent_pid or None,
-                  node_ip=args.node_ip, token=token)
+                  node_ip=args.node_ip, token=token,
+                  adopt=tuple(int(x) for x in args.template.split(",")) if args.template else None)
     ready_file = os.path.join(args.session_dir, f"agent_{args.node_id[:8]}.ready")
     with open(ready_file + ".tmp", "w") as f:
         f.write(agent.address)

@@ -24,9 +24,7 @@ import threading
 from typing import Optional
 
 import zmq
-import zmq.auth.thread
 from zmq.utils import z85
-from zmq.utils.monitor import recv_monitor_message
 
 TOKEN_BYTES = 24
 
@@ -98,6 +96,8 @@ class Guard:
 
     def __init__(self, ctx: zmq.Context, keys: Keys, where: str) -> None:
         self.where = where
+        import zmq.auth.thread  # asyncio comes with it: only TCP clusters need it
+
         self.auth = zmq.auth.thread.ThreadAuthenticator(ctx, log=logger)
         self.auth.start()
         self.auth.configure_curve_callback(
@@ -118,6 +118,8 @@ class Guard:
             self._thread.start()
 
     def _run(self) -> None:
+        from zmq.utils.monitor import recv_monitor_message
+
         poller = zmq.Poller()
         for mon in self.monitors:
             poller.register(mon, zmq.POLLIN)

@@ -101,12 +101,27 @@ class LocalSession:
         self.resources = {k: v for k, v in total.items() if k != "memory"}
         self.procs: List[subprocess.Popen] = []
         self.head: Optional[subprocess.Popen] = None
+        log = open(os.path.join(self.session_dir, "logs",
+                                f"workers_{self.node_id.hex()[:8]}.log"), "ab")
+        try:
+            self.template = subprocess.Popen(
+                [sys.executable, "-m", "zray._private.worker_main", "--template",
+                 "--agent", self.agent_address, "--node", self.node_id.hex()],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
+                env=dict(os.environ, ZRAY_SESSION_DIR=self.session_dir),
+                close_fds=True, start_new_session=True)
+        finally:
+            log.close()
+        fds = (self.template.stdin.fileno(), self.template.stdout.fileno())
         self.agent = self._spawn("node", [
             "zray._private.node", "--session-dir", self.session_dir,
             "--node-id", self.node_id.hex(), "--head", self.head_address,
             "--resources", json.dumps(self.resources),
             "--gpu-ids", ",".join(str(g) for g in gpu_ids),
-            "--store-bytes", str(store_bytes), "--parent-pid", str(os.getpid())])
+            "--store-bytes", str(store_bytes), "--parent-pid", str(os.getpid()),
+            "--template", f"{self.template.pid},{fds[0]},{fds[1]}"], pass_fds=fds)
+        self.template.stdin.close()   # the agent holds the template's pipes now
+        self.template.stdout.close()
 
     def start_head(self) -> None:
         if self.head is None:
@@ -114,12 +129,13 @@ class LocalSession:
                 "zray._private.head", "--bind", self.head_address, "--pub", self.pub_address,
                 "--parent-pid", str(os.getpid())])
 
-    def _spawn(self, name: str, module_args: List[str]) -> subprocess.Popen:
+    def _spawn(self, name: str, module_args: List[str],
+               pass_fds: Tuple[int, ...] = ()) -> subprocess.Popen:
         log = open(os.path.join(self.session_dir, "logs", f"{name}.log"), "ab")
         try:
             proc = subprocess.Popen([sys.executable, "-m", *module_args],
                                     stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                    start_new_session=True, close_fds=True)
+                                    start_new_session=True, close_fds=True, pass_fds=pass_fds)
         finally:
             log.close()
         self.procs.append(proc)
@@ -144,7 +160,8 @@ class LocalSession:
                 except OSError:
                     pass
         deadline = time.monotonic() + timeout
-        for proc in self.procs:
+        # The template goes last, when the agent has closed its stdin.
+        for proc in self.procs + [self.template]:
             try:
                 proc.wait(max(0.01, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:

@@ -39,8 +39,9 @@ from zray._private.protocol import ObjectKind, Op
 
 # ---------------------------------------------------------------------- template
 def template_main(agent_address: str) -> None:
-    import numpy  # noqa: F401  (pre-import so workers start warm)
     import zmq  # noqa: F401
+
+    warm = False  # numpy: once the first workers are forked and nothing is asked
 
     children: set = set()
     wake_r, wake_w = os.pipe()
@@ -69,7 +70,12 @@ def template_main(agent_address: str) -> None:
 
     try:
         while True:
-            for key, _ in selector.select(timeout=1.0):
+            events = selector.select(timeout=0.05 if children and not warm else 1.0)
+            if not events and children and not warm:
+                import numpy  # noqa: F401  (so later workers start warm)
+                import zray.actor  # noqa: F401
+                warm = True
+            for key, _ in events:
                 if key.fd == wake_r:
                     os.read(wake_r, 512)
                     continue
