@@ -439,12 +439,7 @@ class Client:
                         # Let a burst of submissions grow into one message.
                         time.sleep(_BATCH_WINDOW)
                     self.flush(True)
-                    if self._leader.acquire(False):
-                        try:
-                            self._drain()
-                        finally:
-                            self._leader.release()
-                            self._step_down()
+                    self.receive_pending()
                 now = time.monotonic()
                 if now >= next_check:
                     next_check = now + _LIVENESS_INTERVAL
