@@ -461,7 +461,10 @@ class Agent:
                 body, raw = items[0]
             else:
                 body, raw = protocol.pack_batch(items)
-            self.send_now(peer, Op.OBJECT, body, *raw)
+            try:
+                self.send_now(peer, Op.OBJECT, body, *raw)
+            except Exception:  # one peer's trouble must not stop the loop
+                logger.exception("sending %d objects to %s failed", len(items), peer.hex()[:8])
 
     def send_head(self, op: Op, body: dict, *raw: Any) -> bool:
         try:
