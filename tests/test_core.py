@@ -210,6 +210,28 @@ def test_rereading_a_shared_object_reuses_its_pin():
     assert 1 <= len(pins) <= 2
 
 
+def test_large_results_go_into_space_set_aside_and_the_rest_is_given_back():
+    client = zray._client()
+
+    @zray.remote
+    def make(n, fill):
+        return np.full(n, fill, dtype=np.uint8)
+
+    before = client.query("scheduler")["reserved_used"]
+    for i in range(6):  # one after another: each but the first knows the last size
+        value = zray.get(make.remote(1_000_000, i))
+        assert value.shape == (1_000_000,) and value[0] == i and value[-1] == i
+        del value
+    assert client.query("scheduler")["reserved_used"] - before >= 3
+    # The next result is small: the space set aside for it goes back to the store.
+    assert zray.get(make.remote(10, 7)).tolist() == [7] * 10
+    gc.collect()
+    deadline = time.monotonic() + 10
+    while client.query("store")["used"] > 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert client.query("store")["used"] == 0
+
+
 def test_large_argument_and_result():
     arr = np.ones(3_000_000)
 

@@ -114,7 +114,7 @@ class Pull:
 class Task:
     __slots__ = ("spec", "tid", "name", "owner", "job", "demand", "gpus", "state", "worker",
                  "retries_left", "cancelled", "held", "deps_left", "returns", "shape", "actor",
-                 "origin", "err")
+                 "origin", "err", "reserved")
 
     def __init__(self, spec: dict, owner: bytes) -> None:
         self.spec = spec
@@ -134,6 +134,7 @@ class Task:
         self.actor: Optional[ActorRec] = None
         self.origin: Optional[bytes] = None   # the node that forwarded it here
         self.err = ""
+        self.reserved = -1    # store space set aside for its result (reserve_result)
 
 
 _DEFAULT_DEMAND = {"CPU": 1.0}
@@ -252,10 +253,12 @@ class Agent:
         self.starting = 0
         self.pending_allocs: Dict[bytes, int] = {}
         self.run_times: Dict[bytes, list] = {}   # function -> [runs seen, mean seconds]
+        self.result_sizes: Dict[bytes, int] = {}  # function -> size of its last shared result
         self.missing_by_shape: Dict[tuple, dict] = {}  # what this node can never provide
         self.actors_to_pump: Dict[bytes, ActorRec] = {}  # actors with new ready calls
         self.sent_ahead = 0                       # tasks sent to busy workers, ever
         self.taken_back = 0                       # ... and taken back when one blocked
+        self.reserved_used = 0                    # results written into space set aside
         self.errors: Dict[bytes, Deque[dict]] = collections.defaultdict(
             lambda: collections.deque(maxlen=1000))
         self.drivers_by_job: Dict[bytes, bytes] = {}
@@ -988,6 +991,7 @@ class Agent:
         while backlog:
             task = backlog.pop()
             task.worker = None
+            self.unreserve(task)  # the worker drops it unrun
             if task.state != RUNNING:
                 continue
             task.state = QUEUED
@@ -1078,6 +1082,8 @@ class Agent:
             deps.append(desc)
         body = {"s": spec, "deps": deps, "gpus": worker.gpu_ids}
         fid = spec["f"]
+        if task.actor is None:
+            self.reserve_result(task, body)
         if fid and fid not in worker.functions:
             blob, path = self.functions.get(fid, (None, None))
             if blob is None:
@@ -1090,6 +1096,28 @@ class Agent:
             frames.append(blob)
             worker.functions.add(fid)
         return body, frames
+
+    def reserve_result(self, task: Task, body: dict) -> None:
+        """Set store space aside for a task whose function's last result was
+        large, so its worker writes it without an ALLOC round trip.  Only free
+        space is used (nothing is spilled for a guess); TASK_DONE gives back
+        what the result did not use."""
+        size = self.result_sizes.get(task.spec["f"], 0)
+        if size > protocol.INLINE_THRESHOLD and task.reserved < 0 and len(task.returns) == 1:
+            offset = self.allocator.allocate(size)
+            if offset is not None:
+                task.reserved = offset
+                body["pa"] = [offset, size]
+
+    def unreserve(self, task: Task, results: Any = ()) -> None:
+        """Free the space set aside for ``task`` unless a result took it."""
+        offset, task.reserved = task.reserved, -1
+        if offset < 0:
+            return
+        if any(r.get("off") == offset for r in results if r.get("k") == ObjectKind.SHARED):
+            self.reserved_used += 1
+        else:
+            self.allocator.free(offset)
 
     def release_worker(self, worker: WorkerRec) -> None:
         if not worker.blocked:
@@ -1127,6 +1155,12 @@ class Agent:
             return
         fid = task.spec["f"]
         worker.calls[fid] += 1
+        results = body.get("res", ())
+        if len(results) == 1 and isinstance(results[0], dict):
+            self.result_sizes[fid] = results[0].get("n", 0) \
+                if results[0].get("k") == ObjectKind.SHARED else 0
+        if task.reserved >= 0:
+            self.unreserve(task, results)
         seconds = body.get("dt")
         if type(seconds) is float:
             seen = self.run_times.get(fid)
@@ -1869,6 +1903,7 @@ class Agent:
             reply.update(entry)
         elif what == "scheduler":
             reply.update(sent_ahead=self.sent_ahead, taken_back=self.taken_back,
+                         reserved_used=self.reserved_used,
                          queued=sum(len(q) for q in self.queues.values()))
         elif what == "store":
             reply.update(used=self.allocator.used, capacity=self.allocator.capacity,
@@ -1977,6 +2012,7 @@ class Agent:
         worker.backlog.clear()
         for task in lost:
             task.worker = None
+            self.unreserve(task)
             if task.state == FINISHED:
                 continue
             if task.cancelled:

@@ -269,7 +269,7 @@ class Worker:
         except BaseException as exc:
             self.complete(spec, None, exc, started)
         else:
-            self.complete(spec, value, None, started)
+            self.complete(spec, value, None, started, body.get("pa"))
         finally:
             client.current_task = None
 
@@ -294,12 +294,13 @@ class Worker:
         return fn, args, kwargs
 
     def complete(self, spec: dict, value: Any, exc: Optional[BaseException],
-                 started: float = 0.0) -> None:
+                 started: float = 0.0, reserved: Optional[list] = None) -> None:
         """Store a task's results (or its failure) and tell the agent.
 
         With ``started`` (a perf_counter reading), the agent also hears how
         long the task ran: it sends quick tasks ahead (see the agent's
-        fill_backlogs).
+        fill_backlogs).  ``reserved`` is ``[offset, size]`` of store space the
+        agent set aside for the result (see its ``reserve_result``).
         """
         name = spec.get("n", "task")
         returns = [protocol.object_id(spec["t"], i) for i in range(spec.get("r", 1))]
@@ -310,7 +311,8 @@ class Worker:
             try:
                 values = self.split_returns(value, len(returns), name)
                 for oid, item in zip(returns, values):
-                    results.append(self.store_result(oid, item, frames, name))
+                    results.append(self.store_result(oid, item, frames, name, reserved))
+                    reserved = None
             except BaseException as store_exc:
                 exc = store_exc
         if isinstance(exc, KeyboardInterrupt):
@@ -459,7 +461,8 @@ class Worker:
                              f"{len(values)} values")
         return values
 
-    def store_result(self, oid: bytes, value: Any, frames: List[Any], name: str) -> dict:
+    def store_result(self, oid: bytes, value: Any, frames: List[Any], name: str,
+                     reserved: Optional[list] = None) -> dict:
         ser = serialization.serialize(value, f"the return value of {name}")
         result: dict = {"o": oid, "l": ser.layout}
         if ser.contained:
@@ -469,7 +472,11 @@ class Worker:
             result["i"] = len(frames)
             frames.append(ser.to_bytes())
         else:
-            offset = self.client.allocate(oid, ser.size)
+            if reserved is not None and ser.size <= reserved[1]:
+                offset = reserved[0]  # set aside with the task: no ALLOC round trip
+                self.client.attach_arena()
+            else:
+                offset = self.client.allocate(oid, ser.size)
             ser.write_into(self.client.arena.view(offset, ser.size))
             result.update(k=ObjectKind.SHARED, off=offset, n=ser.size)
         return result
