@@ -190,6 +190,7 @@ class Worker:
         self.profile_path = ""
         self.profile_due = 0.0
         self.skip: set = set()   # tasks sent ahead and cancelled before they started
+        self.next_up: Optional[bytes] = None   # the task about to start (see loop)
         client.on_interrupt = self.on_interrupt
 
     def on_interrupt(self, body: dict) -> None:
@@ -197,8 +198,8 @@ class Worker:
         task = self.client.current_task
         if task is not None and task["t"] == tid:
             os.kill(self.pid, signal.SIGINT)
-        elif any(queued[1].get("s", {}).get("t") == tid for queued in self.client.tasks
-                 if queued is not None):
+        elif tid == self.next_up or any(queued[1].get("s", {}).get("t") == tid
+                                        for queued in self.client.tasks if queued is not None):
             self.skip.add(tid)  # sent ahead and not started: never start it
 
     def loop(self) -> None:
@@ -215,7 +216,11 @@ class Worker:
                     if body["ep"] < client.blocked_count:
                         client.release_pins(client.adopt_pins(body))
                         continue  # ... and taken back when that one blocked
-                    client.receive_pending()  # a cancel of it may be waiting
+                    self.next_up = body["s"]["t"]
+                    try:
+                        client.receive_pending()  # a cancel of it may be waiting
+                    finally:
+                        self.next_up = None
                 if self.skip and body["s"]["t"] in self.skip:
                     self.skip.discard(body["s"]["t"])
                     client.release_pins(client.adopt_pins(body))
