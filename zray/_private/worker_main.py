@@ -288,14 +288,21 @@ class Worker:
 
     def prepare(self, spec: dict, body: dict, raw: List[Any]):
         """The callable and arguments of a task, actor creation or actor call."""
-        if "meth" in spec:
-            fn = self.actor_method(spec)
-        elif spec.get("new"):
-            cls = self.load_function(spec["f"], body, raw)
-            fn = functools.partial(self.create_actor, cls, spec)
-        else:
-            fn = self.load_function(spec["f"], body, raw)
-        args, kwargs = self.load_args(spec, body, raw)
+        client = self.client
+        pinned = client.adopt_pins(body)
+        try:
+            if "meth" in spec:
+                fn = self.actor_method(spec)
+            elif spec.get("new"):
+                cls = self.load_function(spec["f"], body, raw)
+                fn = functools.partial(self.create_actor, cls, spec)
+            else:
+                fn = self.load_function(spec["f"], body, raw)
+            args, kwargs = self.load_args(spec, body, raw)
+        finally:
+            # The argument views hold pins of their own; a task that failed
+            # before reading its arguments gives the agent's pins back here.
+            client.release_pins(pinned)
         return fn, args, kwargs
 
     def complete(self, spec: dict, value: Any, exc: Optional[BaseException],
@@ -424,16 +431,12 @@ class Worker:
     def load_args(self, spec: dict, body: dict, raw: List[Any]):
         values = []
         client = self.client
-        pinned = client.adopt_pins(body)
-        try:
-            for desc in body.get("deps", ()):
-                data = raw[desc["i"]] if "i" in desc else None
-                if data is not None and not isinstance(data, (bytes, bytearray, memoryview)):
-                    data = data.buffer
-                d = Descriptor(desc["k"], desc["l"], data, desc.get("off", 0))
-                values.append(client.materialize(desc["o"], d))
-        finally:
-            client.release_pins(pinned)
+        for desc in body.get("deps", ()):
+            data = raw[desc["i"]] if "i" in desc else None
+            if data is not None and not isinstance(data, (bytes, bytearray, memoryview)):
+                data = data.buffer
+            d = Descriptor(desc["k"], desc["l"], data, desc.get("off", 0))
+            values.append(client.materialize(desc["o"], d))
         if "ao" in spec:
             args, kwargs = values[-1]
         elif "a" in spec:
