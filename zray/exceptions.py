@@ -107,3 +107,22 @@ __all__ = [
     "WorkerCrashedError", "ObjectLostError", "ObjectStoreFullError",
     "NodeDiedError", "SerializationError", "ActorDiedError",
 ]
+
+
+_BY_NAME = {name: globals()[name] for name in __all__}
+_BY_NAME.update(ValueError=ValueError, TypeError=TypeError, KeyError=KeyError,
+                TimeoutError=TimeoutError)
+
+
+def from_error(error_type: str, message: str) -> Exception:
+    """The exception an ERROR reply (or a failed forwarded task) stands for.
+
+    The one mapping both ends use: the sender names the type with
+    ``protocol.error_body``; a name this module does not know becomes a
+    ``ZrayError`` with the same message.
+    """
+    cls = _BY_NAME.get(error_type, ZrayError)
+    try:
+        return cls(message)
+    except Exception:  # a type whose constructor wants more than a message
+        return ZrayError(message)

@@ -5,13 +5,27 @@ A message is a list of ZeroMQ frames::
     [header, *raw]
 
 ``header`` is msgpack of ``[VERSION, op, body]`` where ``op`` is an :class:`Op`
-and ``body`` a dict of plain values.  Bulk bytes (object data, pickled
-arguments of large size) never go through msgpack: they follow the header as
-their own frames and are sent zero-copy.  A ROUTER peer sees the sender's
-identity frame in front of the header.
+and ``body`` a dict of plain values, declared below as one ``TypedDict`` per
+op (its fields are the keys on the wire).  Bulk bytes (object data, pickled
+functions, large arguments) never go through msgpack: they follow the header
+as their own frames, and a body names a frame by its index into ``raw``
+(fields called ``frame``).  A ROUTER peer sees the sender's identity frame
+in front of the header.
 
-This module is the one place that says what a message is; it imports nothing
-from the rest of zray.
+Requests that expect an answer carry ``req``, a number the reply repeats;
+every request gets its reply or an :class:`Error`, never silence.
+
+Who talks to whom::
+
+    driver / worker ──DEALER──▶ node agent ROUTER   (Hello ... Unpin)
+    node agent ──▶ driver / worker                  (Welcome ... Exit, Error)
+    node agent ◀──DEALER/ROUTER──▶ head             (Register ... KillActor)
+    node agent ──DEALER──▶ peer's transfer ROUTER   (Pull, Chunk)
+    head PUB ──▶ node agents' SUB                   (PubNode, PubObject)
+
+This module is the one place that says what a message is, and it holds the
+constants both ends of a connection must agree on.  It imports nothing from
+the rest of zray.
 """
 
 from __future__ import annotations
@@ -19,14 +33,30 @@ from __future__ import annotations
 import enum
 import itertools
 import os
-from typing import Any, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, TypedDict
 
 import msgpack
 
-VERSION = 1
+
+VERSION = 2
 
 #: Objects whose serialized size is at most this travel inline in messages.
 INLINE_THRESHOLD = 100 * 1024
+
+#: Liveness, both ways between the head and each node agent.
+HEARTBEAT_INTERVAL = 0.5
+HEARTBEAT_LIVENESS = 6          # missed intervals before the peer is taken for dead
+
+#: How often a task is retried after its worker (or node) died, unless told.
+DEFAULT_MAX_RETRIES = 3
+
+#: Object transfer between nodes.
+CHUNK_BYTES = 8 * 1024 * 1024
+CHUNK_WINDOW = 4                # chunk requests in flight per object pulled
+
+#: The head's PUB topics: the frame in front of each PUB message's header.
+TOPIC_NODE = b"node"            # PUB_NODE
+TOPIC_OBJECT = b"obj"           # PUB_OBJECT
 
 ID_SIZE = 16
 OBJECT_ID_SIZE = ID_SIZE + 4
@@ -40,32 +70,34 @@ class Op(enum.IntEnum):
     ADDREF = 4
     DECREF = 5
     FETCH = 6           # ask for objects; answered with OBJECT as each is ready
-    PUT = 7             # inline objects: [[oid, layout, contained], ...], a frame each
+    PUT = 7             # inline objects, a frame each
     ALLOC = 8           # reserve arena space for a large object
     SEAL = 9            # a large object written into its reserved space
     BLOCKED = 10        # worker waits in get/wait: lend its CPU
     UNBLOCKED = 11
     TASK_DONE = 12
-    LOG = 13
+    LOG = 13            # lines a task printed (also node -> head -> node, to its driver)
     CANCEL = 14
-    QUERY = 15
+    QUERY = 15          # read-only questions about the node or cluster
     BYE = 16
     ABORT = 17          # give back an ALLOC that will never be sealed
     KILL = 18           # end an actor
     PIN = 19            # map a shared object: answered with its current offset
     UNPIN = 20          # the last view of a pinned object is gone
+    RESERVE_NAME = 21   # claim a name for an actor about to be created
 
     # node agent -> client
     WELCOME = 40
     OBJECT = 41
     EXECUTE = 42
     ALLOC_REPLY = 43
-    PIN_REPLY = 49
     QUERY_REPLY = 44
     WARN = 45
     INTERRUPT = 46      # cancel the running task (KeyboardInterrupt in it)
     EXIT = 47           # retire this worker
     ERROR = 48          # a request could not be served
+    PIN_REPLY = 49
+    NAME_RESERVED = 50
 
     # node agent <-> head
     REGISTER = 60
@@ -76,11 +108,13 @@ class Op(enum.IntEnum):
     HEAD_REPLY = 65
     FORWARD = 66        # a task the sender's node cannot run: place it (agent -> head -> agent)
     RESULT = 67         # the outcome of a forwarded task, back to its origin node
-    ANNOUNCE = 68       # objects sealed or freed on the sender's node
-    ACTOR_OP = 69       # kill an actor that lives on another node
+    OBJECTS_FREED = 68  # exported objects freed on the sender's node
+    KILL_ACTOR = 69     # kill an actor that lives on another node
+    TASK_FAILED = 72    # the head could not run a forwarded task (head -> origin node)
+    TASK_UNPLACEABLE = 73  # no node can run a forwarded task yet: it waits at the head
 
     # node agent <-> node agent (object transfer ROUTER)
-    PULL = 70           # send me [off, off + n) of an object
+    PULL = 70           # send me [offset, offset + length) of an object
     CHUNK = 71          # a piece of an object (or why it cannot be sent)
 
     # head PUB channel
@@ -97,10 +131,388 @@ class ObjectKind(enum.IntEnum):
     ERROR = 2     # a pickled failure, inline
 
 
+# ---------------------------------------------------------------------- records
+# ``Layout`` is ``[[offset, length], ...]``: where each out-of-band buffer of a
+# serialized value starts (see :func:`layout`); the pickle stream is the first.
+Layout = List[List[int]]
+
+
+class Descriptor(TypedDict, total=False):
+    """Where one object's bytes are: OBJECT's body, an EXECUTE argument, a result.
+
+    ``kind`` says the shape: INLINE and ERROR name a ``frame``; SHARED gives the
+    arena ``offset`` and ``size``.  ``pinned`` is set when the sender pinned the
+    shared object for the receiver, who owes an UNPIN once its views are gone.
+    """
+    object_id: bytes
+    kind: int
+    layout: Layout
+    frame: int
+    offset: int
+    size: int
+    contained: List[bytes]   # refs pickled inside the value (results and seals)
+    pinned: bool
+
+
+class TaskSpec(TypedDict, total=False):
+    """One task, actor creation or actor call, as submitted; built by :func:`task_spec`."""
+    task_id: bytes
+    job_id: bytes
+    name: str
+    function_id: bytes          # b"" for an actor call (the actor holds the code)
+    num_returns: int
+    resources: Dict[str, float]  # absent: {"CPU": 1}; {}: needs nothing
+    max_retries: int            # -1: forever
+    max_calls: int              # retire the worker after this many runs of the function
+    deps: List[bytes]           # top-level ref arguments, resolved before the task runs
+    contained: List[bytes]      # refs pickled inside the arguments, held while it runs
+    args: bytes                 # the pickled (args, kwargs), when small
+    args_layout: Layout
+    args_object: bytes          # ... or the object holding them (also the last dep)
+    actor_id: bytes
+    method: str                 # an actor call's method
+    new_actor: bool             # an actor's creation task
+    max_restarts: int
+    max_concurrency: int
+    is_async: bool
+    class_name: str
+    actor_name: str
+    detached: bool
+
+
+_TASK_FIELDS = frozenset(TaskSpec.__annotations__)
+
+
+def task_spec(*, task_id: bytes, name: str, function_id: bytes = b"", num_returns: int = 1,
+              resources: Optional[Dict[str, float]] = None,
+              max_retries: int = DEFAULT_MAX_RETRIES, args: Optional[dict] = None,
+              **extra: Any) -> TaskSpec:
+    """The one place a task spec is made.
+
+    ``args`` is what the client's argument encoder returns (``deps``,
+    ``contained``, ``args``/``args_layout`` or ``args_object``); ``extra`` are
+    the optional fields of :class:`TaskSpec` (actor fields, ``max_calls``),
+    left out when false so the common spec stays small.
+    """
+    spec: TaskSpec = {"task_id": task_id, "name": name, "function_id": function_id,
+                      "num_returns": num_returns, "max_retries": max_retries}
+    if resources is not None:
+        spec["resources"] = resources
+    if args:
+        spec.update(args)  # type: ignore[typeddict-item]
+    for key, value in extra.items():
+        if key not in _TASK_FIELDS:
+            raise TypeError(f"task_spec got unknown field {key!r}")
+        if value:
+            spec[key] = value  # type: ignore[literal-required]
+    return spec
+
+
+def returns_of(spec: TaskSpec) -> List[bytes]:
+    """The IDs of a task's results, known before it runs."""
+    tid = spec["task_id"]
+    return [object_id(tid, i) for i in range(spec.get("num_returns", 1))]
+
+
+# -- client -> node agent
+class Hello(TypedDict):
+    kind: str        # "driver" or "worker"
+    pid: int
+    job_id: bytes
+
+
+class Export(TypedDict):
+    function_id: bytes
+    name: str
+    sys_path: List[str]  # the exporter's import path, so by-name references import
+    # raw[0]: the pickled function
+
+
+class Submit(TypedDict):
+    tasks: List[TaskSpec]
+
+
+class ObjectIds(TypedDict):
+    """ADDREF, DECREF, UNPIN: a batch of IDs."""
+    object_ids: List[bytes]
+
+
+class Fetch(TypedDict, total=False):
+    object_ids: List[bytes]
+    pin: bool        # the caller will read them: pin shared ones, one round trip
+
+
+#: A PUT entry: ``[object_id, layout, contained]``, its bytes in the frame of
+#: the same index.  Kept a list, not a dict: puts are the hottest small message.
+PutEntry = Tuple[bytes, Layout, List[bytes]]
+
+
+class Put(TypedDict):
+    objects: List[PutEntry]
+
+
+class Alloc(TypedDict):
+    req: int
+    object_id: bytes
+    size: int
+
+
+class Seal(TypedDict, total=False):
+    object_id: bytes
+    offset: int
+    size: int
+    layout: Layout
+    contained: List[bytes]
+
+
+class Abort(TypedDict):
+    object_id: bytes
+
+
+class TaskDone(TypedDict, total=False):
+    """A finished task (batchable: see :func:`pack_batch`)."""
+    task_id: bytes
+    results: List[Descriptor]
+    error: str           # "Type: message" when it raised; "" otherwise
+    run_seconds: float   # how long the function ran (the agent sends quick ones ahead)
+
+
+class Log(TypedDict, total=False):
+    job_id: bytes
+    name: str
+    pid: int
+    stderr: bool
+    lines: List[str]
+    to_node: bytes       # set by a node passing a forwarded task's output to the head
+
+
+class Cancel(TypedDict):
+    task_id: bytes
+    force: bool
+
+
+class Query(TypedDict, total=False):
+    req: int
+    what: str            # resources, nodes, errors, actor, scheduler, store, head
+    name: str            # for "actor"
+
+
+class ReserveName(TypedDict):
+    req: int
+    name: str
+    actor_id: bytes
+    anchor: bytes        # the creation task's result, which counts the handles
+    meta: dict           # what a handle needs: class name, methods
+
+
+class Kill(TypedDict):
+    actor_id: bytes
+    no_restart: bool
+
+
+class Pin(TypedDict):
+    req: int
+    object_id: bytes
+
+
+# -- node agent -> client
+class Welcome(TypedDict):
+    node_id: bytes
+    arena: str           # the shared-memory segment's name
+    arena_size: int
+    session_dir: str
+    pid: int
+    ip: str
+
+
+class Execute(TypedDict, total=False):
+    """A task for a worker (batchable)."""
+    task: TaskSpec
+    args: List[Descriptor]       # the deps, in order; pinned ones are the worker's to unpin
+    gpu_ids: List[int]
+    function_frame: int          # the pickled function, the first time this worker runs it
+    sys_path: List[str]
+    epoch: int                   # sent ahead: dropped if the worker blocked since (taken back)
+    result_space: List[int]      # [offset, size] set aside for its one large result
+
+
+class OffsetReply(TypedDict):
+    """ALLOC_REPLY and PIN_REPLY."""
+    req: int
+    offset: int
+
+
+class QueryReply(TypedDict, total=False):
+    """QUERY's answer: ``req`` and the fields of the question asked."""
+    req: int
+    total: Dict[str, float]      # resources: the cluster's
+    available: Dict[str, float]  # resources
+    nodes: List[dict]            # nodes: the head's node table
+    errors: List[str]            # errors: this job's unreported task errors
+    used: int                    # store: bytes in the arena
+    capacity: int                # store
+    objects: int                 # store: objects the node knows
+    spilled: int                 # store: bytes currently on disk
+
+
+class Error(TypedDict, total=False):
+    req: int
+    error_type: str      # a name from zray.exceptions, or ValueError / TypeError
+    message: str
+
+
+class Warn(TypedDict):
+    message: str
+
+
+class Interrupt(TypedDict):
+    task_id: bytes
+
+
+# -- node agent <-> head
+class NodeInfo(TypedDict):
+    """REGISTER."""
+    node_id: bytes
+    ip: str
+    address: str
+    resources: Dict[str, float]
+    store_capacity: int
+    pid: int
+    transfer_address: str    # "" on a node without peers
+    hostname: str
+
+
+class Heartbeat(TypedDict):
+    node_id: bytes
+    available: Dict[str, float]
+    store_used: int
+    queued: int
+    running: int
+    workers: int
+    actors: int
+
+
+class HeartbeatAck(TypedDict, total=False):
+    nodes: List[dict]        # the head's node table (see head.NodeEntry.as_dict)
+    seq: int
+    unknown: bool            # the head does not know the sender: register again
+
+
+class Registered(TypedDict):
+    nodes: List[dict]
+    seq: int
+    pub_address: str
+
+
+class HeadQuery(TypedDict, total=False):
+    req: int
+    what: str                # nodes, status, snapshot
+
+
+class HeadReply(TypedDict, total=False):
+    req: int
+    nodes: List[dict]
+    error: str
+    seq: int
+    directory: Dict[bytes, List[bytes]]   # snapshot: object -> nodes holding it
+    unplaced: List[str]
+    forwarded: int
+    objects_across_nodes: int
+    head_pid: int
+
+
+class Forward(TypedDict, total=False):
+    task: TaskSpec
+    origin: bytes                        # the node that owns it; its RESULT goes there
+    inline: Dict[bytes, List[Any]]       # small arguments: object -> [kind, layout, frame]
+    locations: Dict[bytes, List[bytes]]  # large arguments: object -> nodes holding it
+    function_frame: int
+    sys_path: List[str]
+    exclude_node: bytes                  # a spilled task: not back to its sender
+
+
+class Result(TypedDict, total=False):
+    task_id: bytes
+    origin: bytes
+    node_id: bytes           # where it ran (and where its shared results stay)
+    results: List[Descriptor]  # shared ones carry no offset: they stay on node_id
+    error: str
+
+
+class TaskFailed(TypedDict):
+    task_id: bytes
+    error_type: str
+    message: str
+
+
+class TaskUnplaceable(TypedDict):
+    task_id: bytes
+    message: str
+
+
+class ObjectsFreed(TypedDict):
+    node_id: bytes
+    object_ids: List[bytes]
+
+
+class KillActor(TypedDict):
+    actor_id: bytes
+    no_restart: bool
+
+
+class PullRequest(TypedDict):
+    object_id: bytes
+    offset: int
+    length: int
+
+
+class Chunk(TypedDict, total=False):
+    object_id: bytes
+    kind: int
+    layout: Layout
+    size: int                # the whole object's
+    offset: int              # of this chunk
+    error: str               # the holder cannot send it
+    # raw[0]: the bytes
+
+
+class PubNode(TypedDict):
+    seq: int
+    event: str               # "joined" or "died"
+    node_id: bytes
+
+
+class PubObject(TypedDict, total=False):
+    seq: int
+    node_id: bytes
+    sealed: List[bytes]
+    freed: List[bytes]
+
+
+#: The body declared for each op (BLOCKED, UNBLOCKED, BYE, EXIT, NAME_RESERVED
+#: carry nothing but, for replies, ``req``).
+BODIES: Dict[Op, Any] = {
+    Op.HELLO: Hello, Op.EXPORT: Export, Op.SUBMIT: Submit, Op.ADDREF: ObjectIds,
+    Op.DECREF: ObjectIds, Op.FETCH: Fetch, Op.PUT: Put, Op.ALLOC: Alloc, Op.SEAL: Seal,
+    Op.TASK_DONE: TaskDone, Op.LOG: Log, Op.CANCEL: Cancel, Op.QUERY: Query,
+    Op.ABORT: Abort, Op.KILL: Kill, Op.PIN: Pin, Op.UNPIN: ObjectIds,
+    Op.RESERVE_NAME: ReserveName, Op.WELCOME: Welcome, Op.OBJECT: Descriptor,
+    Op.EXECUTE: Execute, Op.ALLOC_REPLY: OffsetReply, Op.PIN_REPLY: OffsetReply,
+    Op.QUERY_REPLY: QueryReply,
+    Op.WARN: Warn, Op.INTERRUPT: Interrupt, Op.ERROR: Error, Op.REGISTER: NodeInfo,
+    Op.REGISTERED: Registered, Op.HEARTBEAT: Heartbeat, Op.HEARTBEAT_ACK: HeartbeatAck,
+    Op.HEAD_QUERY: HeadQuery, Op.HEAD_REPLY: HeadReply, Op.FORWARD: Forward,
+    Op.RESULT: Result, Op.TASK_FAILED: TaskFailed, Op.TASK_UNPLACEABLE: TaskUnplaceable,
+    Op.OBJECTS_FREED: ObjectsFreed, Op.KILL_ACTOR: KillActor, Op.PULL: PullRequest,
+    Op.CHUNK: Chunk, Op.PUB_NODE: PubNode, Op.PUB_OBJECT: PubObject,
+}
+
+
 class ProtocolError(Exception):
     """A message that does not follow this module's rules."""
 
 
+# ---------------------------------------------------------------------- framing
 _packb = msgpack.Packer(use_bin_type=True).pack
 
 
@@ -126,6 +538,15 @@ def decode(frames: Sequence[Any]) -> Tuple[Op, dict, Sequence[Any]]:
     if not isinstance(body, dict):
         raise ProtocolError(f"{op.name} body is {type(body).__name__}, expected a map")
     return op, body, frames[1:]
+
+
+def error_body(req: int, exc: BaseException) -> Error:
+    """The ERROR reply for a request that failed with ``exc``.
+
+    The receiver turns it back into an exception with
+    ``zray.exceptions.from_error`` (the one mapping both sides use).
+    """
+    return {"req": req, "error_type": type(exc).__name__, "message": str(exc)}
 
 
 def pack_batch(items: Sequence[Tuple[dict, Sequence[Any]]]) -> Tuple[dict, List[Any]]:
@@ -163,6 +584,7 @@ def unpack_batch(body: dict, raw: Sequence[Any]) -> List[Tuple[dict, Sequence[An
     return items
 
 
+# ---------------------------------------------------------------------- IDs
 _id_prefix = os.urandom(ID_SIZE - 8)
 _id_counter = itertools.count(1)
 
@@ -194,7 +616,7 @@ def align(n: int, alignment: int = 64) -> int:
     return (n + alignment - 1) // alignment * alignment
 
 
-def layout(lengths: Sequence[int], alignment: int = 64) -> Tuple[List[List[int]], int]:
+def layout(lengths: Sequence[int], alignment: int = 64) -> Tuple[Layout, int]:
     """Place segments one after another, each starting aligned.
 
     Returns ``([[offset, length], ...], total)``; the same layout is used for
