@@ -1,0 +1,419 @@
+"""This node's link to the head and, on a TCP cluster, to the other nodes.
+
+::
+
+    HeadLink:    REGISTER ──▶ head ──▶ REGISTERED (node table, PUB address)
+                 HEARTBEAT every HEARTBEAT_INTERVAL ──▶ HEARTBEAT_ACK (node table)
+                 no word from the head for HEARTBEAT_LIVENESS intervals: it is silent
+    ClusterLink: FORWARD a task this node cannot (or should not) run ──▶ head places it
+                 FORWARD from the head ──▶ run it here ──▶ RESULT back to its origin
+                 PUB: nodes joined or died, objects sealed or freed (numbered; a gap
+                 asks the head for a snapshot, the zguide's Clone pattern)
+
+Every node has a HeadLink (an embedded session's head is on ipc).  Only a
+node of a TCP cluster has a ClusterLink; on a single node it is absent and
+nothing here runs.
+
+Owns: the node table as last heard from the head, the head's liveness, the
+PUB subscription, which jobs' drivers live on which node.
+Must not: run tasks or hold task records; it uses the task table's,
+actor table's and object table's verbs.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Callable, Dict, List, Optional
+
+import zmq
+
+from zray import exceptions
+from zray._private import protocol, scheduling
+from zray._private.agent.objects import READY, SHARED, is_remote
+from zray._private.agent.tasks import REMOTE, WAITING, Task
+from zray._private.protocol import HEARTBEAT_INTERVAL, HEARTBEAT_LIVENESS, Op
+
+logger = logging.getLogger("zray.node")
+
+
+class HeadLink:
+    """Registration and heartbeats with the head, both ways."""
+
+    def __init__(self, wire: Any, node_info: Callable[[], dict],
+                 load_info: Callable[[], dict]) -> None:
+        self.wire = wire
+        self.node_info = node_info
+        self.load_info = load_info
+        self.nodes: List[dict] = []        # the head's node table, as last heard
+        self.last_heard = time.monotonic()
+        self.next_beat = 0.0
+        self.silent = False
+        # Listeners, set by the agent on a cluster.
+        self.on_registered: Callable[[dict], None] = lambda body: None
+        self.on_node_died: Callable[[bytes], None] = lambda node_id: None
+
+    def start(self, now: float) -> None:
+        self.last_heard = now
+        self.next_beat = now
+        self.wire.send_head(Op.REGISTER, self.node_info())
+
+    def tick(self, now: float) -> None:
+        """Send a heartbeat when one is due; notice a head that has gone silent."""
+        if now < self.next_beat:
+            return
+        self.next_beat = now + HEARTBEAT_INTERVAL
+        self.wire.send_head(Op.HEARTBEAT, self.load_info())
+        quiet = now - self.last_heard
+        if not self.silent and quiet > HEARTBEAT_INTERVAL * HEARTBEAT_LIVENESS:
+            self.silent = True
+            message = (f"the zray head has not answered for {quiet:.1f}s; work that needs "
+                       f"another node waits until it is back")
+            logger.warning(message)
+            for job in list(self.wire.drivers):
+                self.wire.tell_driver(job, Op.WARN, {"message": message})
+
+    def heard(self, now: float) -> None:
+        """Any message from the head: it is alive."""
+        self.last_heard = now
+        if self.silent:
+            self.silent = False
+            logger.info("the zray head answers again")
+
+    def status(self) -> dict:
+        return {"alive": not self.silent,
+                "silent_for": round(time.monotonic() - self.last_heard, 3)}
+
+    def on_registered_msg(self, body: dict, raw) -> None:
+        self.nodes = body.get("nodes", self.nodes)
+        self.on_registered(body)
+
+    def update_nodes(self, nodes: List[dict]) -> None:
+        self.nodes = nodes
+
+    def on_heartbeat_ack(self, body: dict, raw) -> None:
+        if body.get("unknown"):  # the head restarted and forgot us
+            self.wire.send_head(Op.REGISTER, self.node_info())
+        before = {n["node_id"]: n.get("alive") for n in self.nodes}
+        self.nodes = body.get("nodes", self.nodes)
+        for node in self.nodes:
+            if before.get(node["node_id"]) and not node.get("alive"):
+                self.on_node_died(bytes.fromhex(node["node_id"]))
+
+    def node_table(self, me: dict) -> List[dict]:
+        """This node as it is now, then the others as the head last said."""
+        return [me] + [n for n in self.nodes if n.get("node_id") != me["node_id"]]
+
+
+def cluster_resources(nodes: List[dict]) -> tuple:
+    """``(total, available)`` over the alive nodes of a node table."""
+    total: Dict[str, float] = {}
+    available: Dict[str, float] = {}
+    for node in nodes:
+        if not node.get("alive"):
+            continue
+        for name, amount in node.get("resources", {}).items():
+            total[name] = total.get(name, 0) + amount
+        for name, amount in node.get("available", {}).items():
+            available[name] = available.get(name, 0) + max(0.0, amount)
+    return total, {k: v for k, v in available.items() if v > 0}
+
+
+class ClusterLink:
+    def __init__(self, *, node_id: bytes, head: HeadLink, objects: Any, tasks: Any,
+                 actors: Any, resources: Any, transfer: Any, wire: Any) -> None:
+        self.node_id = node_id
+        self.head = head
+        self.objects = objects
+        self.tasks = tasks
+        self.actors = actors
+        self.resources = resources
+        self.transfer = transfer
+        self.wire = wire
+        self.sub: Optional[zmq.Socket] = None
+        self.pub_seq = -1
+        self.freed_out: List[bytes] = []           # exported objects freed here: announce
+        self.job_origins: Dict[bytes, bytes] = {}  # job -> node of its driver
+        self.subscribe: Callable[[str], None] = lambda address: None  # set by the agent
+
+    # ------------------------------------------------------------------ head link
+    def registered(self, body: dict) -> None:
+        self.pub_seq = body.get("seq", 0)
+        if self.sub is None and body.get("pub_address"):
+            self.subscribe(body["pub_address"])
+
+    def flush(self) -> None:
+        """End of a loop pass: announce the exported objects freed here."""
+        if self.freed_out:
+            self.wire.send_head(Op.OBJECTS_FREED, {"node_id": self.node_id,
+                                                   "object_ids": self.freed_out})
+            self.freed_out = []
+
+    def object_freed(self, oid: bytes, obj: Any) -> None:
+        """Listener: other nodes hold copies of an exported object; they drop them."""
+        if obj.exported and obj.held_for is None:
+            self.freed_out.append(oid)
+
+    def route_log(self, body: dict) -> None:
+        """A forwarded task's output goes to its driver's node, through the head."""
+        origin = self.job_origins.get(body.get("job_id", b""))
+        if origin is not None:
+            body["to_node"] = origin
+            self.wire.send_head(Op.LOG, body)
+
+    def kill_remote(self, aid: bytes, no_restart: bool) -> None:
+        self.wire.send_head(Op.KILL_ACTOR, {"actor_id": aid, "no_restart": no_restart})
+
+    def on_kill_actor(self, body: dict, raw) -> None:
+        self.actors.kill(body["actor_id"], body.get("no_restart", True), from_head=True)
+
+    # ------------------------------------------------------------------ forwarding
+    def forward(self, task: Task, exclude: Optional[bytes] = None) -> None:
+        """Hand a task to the head's global scheduler; its RESULT comes back here."""
+        spec = task.spec
+        frames: List[Any] = []
+        inline: Dict[bytes, list] = {}
+        located: Dict[bytes, List[bytes]] = {}
+        body: Dict[str, Any] = {"task": spec, "origin": self.node_id, "inline": inline,
+                                "locations": located}
+        fid = spec.get("function_id")
+        if fid:
+            blob, path = self.tasks.function(fid)
+            if blob is not None:
+                body["function_frame"], body["sys_path"] = len(frames), path
+                frames.append(blob)
+        for oid in (*task.deps, *spec.get("contained", ())):
+            obj = self.objects.get(oid)
+            if obj is None or obj.state is not READY:
+                continue
+            if obj.kind != SHARED:
+                inline[oid] = [int(obj.kind), obj.layout, len(frames)]
+                frames.append(obj.data)
+            else:
+                located[oid] = list(obj.where) if is_remote(obj) else [self.node_id]
+                obj.exported = True
+        if exclude is not None:
+            body["exclude_node"] = exclude
+        for oid in task.returns:
+            obj = self.objects.get(oid)
+            if obj is not None:
+                obj.exported = True  # the copy kept there goes when it is freed here
+        if task.actor is not None and task.creates_actor:
+            self.actors.moved_away(task)
+        task.state = REMOTE
+        self.wire.send_head(Op.FORWARD, body, *frames)
+
+    def offload(self, task: Task, queued: int) -> bool:
+        """A saturated node hands the head of a queue to a node that is idle now."""
+        me = self.node_id.hex()
+        others = [n for n in self.head.nodes if n.get("alive") and n.get("node_id") != me]
+        if not others:
+            return False
+        for oid in task.deps:
+            obj = self.objects.get(oid)
+            if obj is not None and is_remote(obj):
+                return False
+        local = scheduling.NodeLoad(self.node_id, self.resources.total,
+                                    self.resources.available, queued=queued)
+        views = [scheduling.NodeLoad(bytes.fromhex(n["node_id"]),
+                                     scheduling.to_units(n.get("resources", {})),
+                                     scheduling.to_units(n.get("available", {})),
+                                     queued=n.get("queued", 0)) for n in others]
+        target = scheduling.should_spill(local, views, task.demand)
+        if target is None:
+            return False
+        entry = next(n for n in others if n["node_id"] == target.hex())
+        # Count it against that node until its next heartbeat says otherwise.
+        available = dict(entry.get("available", {}))
+        for name, amount in scheduling.from_units(task.demand).items():
+            available[name] = available.get(name, 0) - amount
+        entry["available"] = available
+        self.forward(task, exclude=self.node_id)
+        return True
+
+    def on_forward(self, body: dict, raw) -> None:
+        """Run a task another node forwarded; send its RESULT back when it ends."""
+        spec = body["task"]
+        if self.tasks.get(spec["task_id"]) is not None:
+            return
+        if "function_frame" in body:
+            self.tasks.add_function(spec["function_id"], raw[body["function_frame"]],
+                                    body.get("sys_path") or [])
+        task = Task(spec, b"")
+        task.origin = body["origin"]
+        self.tasks.adopt(task)
+        self.job_origins[task.job] = task.origin
+        for oid in task.returns:
+            obj = self.objects.ensure(oid)
+            obj.refs += 1
+            obj.held_for = task.origin
+        self.take_args(task, body.get("inline", {}), body.get("locations", {}), raw)
+        if task.is_actor_task:
+            why = self.actors.admit(task, True)
+            if why is not None:
+                self.tasks.finish_with_error(task, exceptions.ActorDiedError(
+                    f"cannot call {task.name}: {why}"))
+                return
+        for oid in task.deps:
+            if self.objects.wait_for(oid, task):
+                task.deps_left += 1
+                obj = self.objects.get(oid)
+                if obj.where:
+                    self.objects.request_bytes(oid, obj)
+                else:
+                    self.objects.lose(oid, obj, "no node was known to hold it when its "
+                                                "task was forwarded")
+        if task.deps_left == 0 and task.state is WAITING:
+            self.tasks.make_ready(task)
+
+    def take_args(self, task: Task, inline: dict, located: dict, raw) -> None:
+        """A forwarded task's arguments: small ones came with it, large ones are elsewhere."""
+        for oid in (*task.deps, *task.spec.get("contained", ())):
+            obj = self.objects.get(oid)
+            known = obj is not None
+            obj = self.objects.ensure(oid)
+            obj.refs += 1  # before sealing: a sealed object nobody holds is freed at once
+            task.held.append(oid)
+            if known:
+                continue
+            if oid in inline:
+                kind, layout, index = inline[oid]
+                self.objects.seal(oid, obj, kind, layout, raw[index], -1, ())
+            else:
+                obj.where = list(located.get(oid, ()))
+
+    def send_result(self, task: Task) -> None:
+        """A forwarded task finished here: its results go back to its origin node."""
+        results = []
+        frames: List[Any] = []
+        for oid in task.returns:
+            obj = self.objects.get(oid)
+            if obj is None or obj.state is not READY:
+                continue
+            if obj.kind == SHARED:  # stays here; the origin pulls it when read
+                results.append({"object_id": oid, "kind": int(obj.kind), "layout": obj.layout,
+                                "size": obj.size, "contained": obj.contained})
+                obj.exported = True
+            else:
+                results.append({"object_id": oid, "kind": int(obj.kind), "layout": obj.layout,
+                                "frame": len(frames), "contained": obj.contained})
+                frames.append(obj.data)
+        self.wire.send_head(Op.RESULT, {"task_id": task.tid, "origin": task.origin,
+                                        "node_id": self.node_id, "results": results,
+                                        "error": task.err}, *frames)
+        for oid in task.returns:
+            obj = self.objects.get(oid)
+            if obj is None or obj.kind == SHARED:
+                continue
+            if self.actors.is_anchor(oid):
+                obj.exported = True  # the actor lives until its origin frees the anchor
+            else:
+                self.release_held(oid)  # its bytes went with the RESULT
+
+    def remote_task(self, body: dict) -> Optional[Task]:
+        task = self.tasks.get(body["task_id"])
+        return task if task is not None and task.state is REMOTE else None
+
+    def on_result(self, body: dict, raw) -> None:
+        task = self.remote_task(body)
+        if task is None:
+            return
+        node = body.get("node_id")
+        for result in body.get("results", ()):
+            oid = result["object_id"]
+            obj = self.objects.ensure(oid)  # nobody may hold it: then it goes once sealed
+            obj.exported = True
+            kind = result["kind"]
+            if kind == SHARED:
+                obj.where = [node]
+                self.objects.seal(oid, obj, SHARED, result["layout"], None, -1,
+                                  result.get("contained", ()), int(result["size"]))
+            else:
+                self.objects.seal(oid, obj, kind, result["layout"], raw[result["frame"]], -1,
+                                  result.get("contained", ()))
+            if kind == protocol.ObjectKind.ERROR:
+                self.tasks.record_error(task, body.get("error", ""))
+        self.tasks.finish(task)
+
+    def on_task_failed(self, body: dict, raw) -> None:
+        task = self.remote_task(body)
+        if task is not None:
+            self.tasks.finish_with_error(task, exceptions.from_error(
+                body.get("error_type", ""), body.get("message", "")))
+
+    def on_task_unplaceable(self, body: dict, raw) -> None:
+        task = self.remote_task(body)
+        if task is not None:
+            self.wire.warn(task.job, body.get("message", ""))
+
+    # ------------------------------------------------------------------ PUB channel
+    def drain_sub(self) -> None:
+        for _ in range(1000):
+            try:
+                frames = self.sub.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self.on_pub(frames)
+
+    def on_pub(self, frames: List[bytes]) -> None:
+        try:
+            op, body, _ = protocol.decode(frames[1:])
+        except (protocol.ProtocolError, IndexError) as exc:
+            logger.warning("malformed message on the PUB channel: %s", exc)
+            return
+        seq = body.get("seq", 0)
+        if seq <= self.pub_seq:
+            return  # already covered by a snapshot
+        if seq != self.pub_seq + 1:
+            # Missed messages: ask for the state instead of replaying (zguide's Clone).
+            logger.info("PUB gap (%d after %d): asking the head for a snapshot", seq,
+                        self.pub_seq)
+            self.wire.send_head(Op.HEAD_QUERY, {"what": "snapshot"})
+        self.pub_seq = seq
+        if op == Op.PUB_NODE and body.get("event") == "died":
+            self.node_gone(body["node_id"])
+        elif op == Op.PUB_NODE:
+            self.wire.send_head(Op.HEAD_QUERY, {"what": "nodes"})  # the new node's entry
+        elif op == Op.PUB_OBJECT:
+            for oid in body.get("freed", ()):
+                self.release_held(oid)
+            node = body.get("node_id")
+            for oid in body.get("sealed", ()):
+                obj = self.objects.get(oid)
+                if obj is not None and obj.where and node not in obj.where:
+                    obj.where.append(node)
+
+    def on_head_reply(self, body: dict, raw) -> None:
+        if body.get("error"):
+            logger.warning("the head answered with an error: %s", body["error"])
+        if "directory" in body:
+            self.pub_seq = max(self.pub_seq, body.get("seq", 0))
+            directory = body["directory"]
+            for oid, obj in self.objects.all():
+                if obj.held_for is not None and oid not in directory:
+                    self.release_held(oid)  # freed while we were not listening
+        if "nodes" in body:
+            self.head.update_nodes(body["nodes"])
+
+    def release_held(self, oid: bytes) -> None:
+        obj = self.objects.get(oid)
+        if obj is not None and obj.held_for is not None:
+            obj.held_for = None
+            obj.exported = False  # its owner announced the free already
+            self.objects.decref(oid)
+
+    def node_gone(self, node_id: bytes) -> None:
+        """A node died: what only it held is lost; what we kept for it is let go."""
+        logger.warning("node %s died", node_id.hex()[:8])
+        self.transfer.node_gone(node_id)
+        for oid, obj in self.objects.all():
+            if obj.held_for == node_id:
+                self.release_held(oid)
+                continue
+            if node_id in obj.where:
+                obj.where.remove(node_id)
+            if self.transfer.pulling_from(oid, node_id):
+                self.transfer.retry(oid, obj)
+            elif not obj.where and obj.offset < 0 and not obj.pulling and is_remote(obj):
+                self.objects.lose(oid, obj, f"the only node holding it ({node_id.hex()[:8]}) "
+                                            f"died")

@@ -1,0 +1,262 @@
+"""The node's task table: each task from submission to its last result.
+
+::
+
+    SUBMIT ──▶ submit ──▶ holds its arguments, waits for those not ready
+                              │ (on_waiter_ready from the object table)
+                              ▼
+                        make_ready ──▶ actor's queue (actors.call_ready)
+                              │     ──▶ the head, when this node cannot run it (forward)
+                              │     ──▶ the local queues (dispatcher.enqueue)
+                              ▼
+                        finish / finish_with_error ──▶ results sealed, arguments let go,
+                                                       a forwarded task's RESULT sent back
+
+Owns: task records and their lifecycle (waiting, queued, running, remote,
+finished), cancellation, the failures each job has seen, the exported
+functions.
+Must not: pick workers or count resources (the dispatcher does), touch
+actor records (the actor table does), or send to the head itself.
+"""
+
+from __future__ import annotations
+
+import collections
+import enum
+import logging
+import time
+from typing import Any, Callable, Deque, Dict, List, Optional
+
+from zray import exceptions
+from zray._private import protocol
+from zray._private.agent.objects import system_error
+from zray._private.agent.resources import demand_of
+
+logger = logging.getLogger("zray.node")
+
+
+class TaskState(enum.Enum):
+    WAITING = "waiting"      # for its arguments
+    QUEUED = "queued"        # ready, waiting for resources and a worker (or its actor)
+    RUNNING = "running"      # on a worker (or sent ahead to one)
+    REMOTE = "remote"        # forwarded to the head; its RESULT comes back here
+    FINISHED = "finished"
+
+
+WAITING, QUEUED, RUNNING, REMOTE, FINISHED = (
+    TaskState.WAITING, TaskState.QUEUED, TaskState.RUNNING, TaskState.REMOTE, TaskState.FINISHED)
+
+
+class Task:
+    __slots__ = ("spec", "tid", "name", "owner", "job", "demand", "gpus", "state", "worker",
+                 "retries_left", "cancelled", "held", "deps", "deps_left", "returns", "shape",
+                 "actor", "origin", "err", "reserved")
+
+    def __init__(self, spec: dict, owner: bytes) -> None:
+        self.spec = spec
+        self.tid: bytes = spec["task_id"]
+        self.name: str = spec.get("name", "task")
+        self.owner = owner
+        self.job: bytes = spec.get("job_id", b"")
+        self.demand, self.gpus, self.shape = demand_of(spec.get("resources"))
+        self.state = WAITING
+        self.worker: Any = None
+        retries = int(spec.get("max_retries", protocol.DEFAULT_MAX_RETRIES))
+        self.retries_left = retries if retries >= 0 else 1 << 62
+        self.cancelled = False
+        self.held: List[bytes] = []
+        self.deps: List[bytes] = spec.get("deps", ())
+        self.deps_left = 0
+        self.returns = protocol.returns_of(spec)
+        self.actor: Any = None               # its ActorRec, when the actor is on this node
+        self.origin: Optional[bytes] = None  # the node that forwarded it here
+        self.err = ""
+        self.reserved = -1    # store space set aside for its result (see the dispatcher)
+
+    @property
+    def is_actor_task(self) -> bool:
+        return "actor_id" in self.spec
+
+    @property
+    def creates_actor(self) -> bool:
+        return bool(self.spec.get("new_actor"))
+
+
+class TaskTable:
+    def __init__(self, objects: Any, wire: Any, node_id: bytes) -> None:
+        self.objects = objects
+        self.wire = wire
+        self.node_id = node_id
+        self.tasks: Dict[bytes, Task] = {}
+        self.functions: Dict[bytes, tuple] = {}   # function id -> (pickled, sys.path)
+        self.errors: Dict[bytes, Deque[dict]] = collections.defaultdict(
+            lambda: collections.deque(maxlen=1000))
+        # Named methods of the other parts, set by the agent (see Agent.connect_parts).
+        self.enqueue: Callable[[Task], None] = lambda task: None
+        self.admit_actor_task: Callable[[Task, bool], Optional[str]] = lambda task, here: None
+        self.call_ready: Callable[[Task], None] = lambda task: None
+        self.missing: Callable[[Task], dict] = lambda task: {}
+        self.forward: Optional[Callable[[Task], None]] = None  # None on a single node
+        self.on_forwarded_finished: Callable[[Task], None] = lambda task: None
+        self.interrupt: Callable[[Task, bool], None] = lambda task, force: None
+        self.dequeue: Callable[[Task], None] = lambda task: None
+
+    def get(self, tid: bytes) -> Optional[Task]:
+        return self.tasks.get(tid)
+
+    def on_export(self, ident: bytes, body: dict, raw) -> None:
+        if not raw:
+            raise ValueError("EXPORT came without the pickled function")
+        self.add_function(body["function_id"], raw[0], body.get("sys_path") or [])
+
+    def add_function(self, fid: bytes, blob: Any, sys_path: List[str]) -> None:
+        self.functions.setdefault(fid, (blob, sys_path))
+
+    def function(self, fid: bytes) -> tuple:
+        """``(pickled function, sys.path)``, or ``(None, None)`` if never exported here."""
+        return self.functions.get(fid, (None, None))
+
+    # ------------------------------------------------------------------ submit
+    def on_submit(self, ident: bytes, body: dict, raw) -> None:
+        for spec in body["tasks"]:
+            self.submit(ident, spec)
+
+    def submit(self, owner: bytes, spec: dict) -> None:
+        task = Task(spec, owner)
+        if task.tid in self.tasks:
+            return
+        self.tasks[task.tid] = task
+        for oid in task.returns:
+            self.objects.expect_result(oid, owner)
+        lost = self.hold_args(task)
+        why = self.admit_actor_task(task, False) if task.is_actor_task else None
+        if why is not None:
+            self.finish_with_error(task, exceptions.ActorDiedError(
+                f"cannot call {task.name}: {why}"))
+        elif lost is not None:
+            self.finish_with_error(task, exceptions.ObjectLostError(
+                f"task {task.name}: argument {lost.hex()} is not known to this node "
+                f"(freed, or a ref from another cluster)"))
+        else:
+            self.wait_for_args(task)
+
+    def adopt(self, task: Task) -> None:
+        """A task made here rather than submitted (a forwarded one, an actor restart)."""
+        self.tasks[task.tid] = task
+
+    def hold_args(self, task: Task) -> Optional[bytes]:
+        """Take a ref on each argument; the ID of one this node does not know, if any."""
+        lost = None
+        for oid in (*task.deps, *task.spec.get("contained", ())):
+            if self.objects.incref(oid):
+                task.held.append(oid)
+            else:
+                lost = oid
+        return lost
+
+    def wait_for_args(self, task: Task) -> None:
+        for oid in task.deps:
+            if self.objects.wait_for(oid, task):
+                task.deps_left += 1
+        if task.deps_left == 0 and task.state is WAITING:
+            self.make_ready(task)
+
+    def dependency_ready(self, task: Task) -> None:
+        task.deps_left -= 1
+        if task.deps_left == 0 and task.state is WAITING:
+            self.make_ready(task)
+
+    def make_ready(self, task: Task) -> None:
+        """Its arguments are ready: route it to where it will run."""
+        for oid in task.deps:
+            data = self.objects.error_data(oid)
+            if data is not None:
+                self.finish_with_error_data(task, data)  # same root cause
+                return
+        if task.is_actor_task and task.actor is None:
+            self.forward(task)  # a call to an actor on another node
+            return
+        missing = self.missing(task)
+        if missing and self.forward is not None:
+            self.forward(task)  # this node can never run it: the head places it
+            return
+        if self.forward is not None and self.fetch_args(task):
+            return  # back here when its arguments have arrived
+        task.state = QUEUED
+        if task.actor is not None and not task.creates_actor:
+            self.call_ready(task)
+        else:
+            self.enqueue(task)
+
+    def fetch_args(self, task: Task) -> bool:
+        """Pull arguments that are on other nodes; True if the task must wait for them."""
+        for oid in task.deps:
+            if self.objects.localize(oid, task):
+                task.deps_left += 1
+        return task.deps_left > 0
+
+    def requeue(self, task: Task) -> None:
+        """Run it again (its worker died and it has retries left)."""
+        task.state = WAITING
+        self.make_ready(task)
+
+    # ------------------------------------------------------------------ finish
+    def finish(self, task: Task) -> None:
+        task.state = FINISHED
+        self.tasks.pop(task.tid, None)
+        if task.origin is not None:
+            self.on_forwarded_finished(task)
+        held, task.held = task.held, []
+        for oid in held:
+            self.objects.decref(oid)
+
+    def finish_with_error(self, task: Task, exc: BaseException) -> None:
+        self.finish_with_error_data(task, system_error(exc), str(exc))
+
+    def finish_with_error_data(self, task: Task, data: Any, text: str = "") -> None:
+        for oid in task.returns:
+            self.objects.seal_error(oid, data)
+        self.record_error(task, text or "failed because an argument's task failed")
+        self.finish(task)
+
+    def seal_results(self, task: Task, body: dict, raw) -> None:
+        """A TASK_DONE's (or RESULT's) result descriptors become objects."""
+        seal = self.objects.seal_result
+        for result in body.get("results", ()):
+            if result["kind"] == protocol.ObjectKind.ERROR:
+                # Before sealing: tasks that fail because of it are recorded after it.
+                task.err = body.get("error", "")
+                self.record_error(task, task.err)
+            seal(result, raw)
+
+    def record_error(self, task: Task, text: str) -> None:
+        self.errors[task.job].append({"task_name": task.name, "task_id": task.tid.hex(),
+                                      "error": text, "time": time.time(),
+                                      "node_id": self.node_id.hex()})
+
+    def errors_of(self, job: bytes) -> List[dict]:
+        return list(self.errors.get(job, ()))
+
+    # ------------------------------------------------------------------ cancel
+    def on_cancel(self, ident: bytes, body: dict, raw) -> None:
+        task = self.tasks.get(body["task_id"])
+        if task is None or task.state is FINISHED:
+            return
+        if task.state is REMOTE:  # its late RESULT finds nothing to finish
+            self.finish_with_error(task, exceptions.TaskCancelledError(
+                f"task {task.name} was cancelled (it had been sent to another node)"))
+            return
+        if task.state is WAITING or task.state is QUEUED:
+            self.unwait(task)
+            self.dequeue(task)
+            task.state = FINISHED  # queues skip it lazily
+            self.finish_with_error(task, exceptions.TaskCancelledError(
+                f"task {task.name} was cancelled before it ran"))
+            return
+        task.cancelled = True
+        if task.worker is not None:
+            self.interrupt(task, bool(body.get("force")))
+
+    def unwait(self, task: Task) -> None:
+        for oid in task.deps:
+            self.objects.unwait(oid, task)
