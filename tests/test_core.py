@@ -1,6 +1,7 @@
 """End-to-end behaviour of a single-node cluster: one shared cluster for the module."""
 
 import asyncio
+import contextlib
 import gc
 import os
 import time
@@ -185,29 +186,59 @@ def test_numpy_is_zero_copy_and_read_only():
     assert np.array_equal(a, arr)  # the view kept its object alive
 
 
-def test_rereading_a_shared_object_reuses_its_pin():
+@contextlib.contextmanager
+def pin_requests():
+    """The object IDs of the PIN requests this process sends meanwhile."""
     from zray._private.protocol import Op
 
     client = zray._client()
-    ref = zray.put(np.arange(1_000_000))
     pins = []
     real_request = client.request
 
     def counting(op, body, *raw, **kwargs):
         if op == Op.PIN:
-            pins.append(body["o"])
+            pins.append(body["object_id"])
         return real_request(op, body, *raw, **kwargs)
 
     client.request = counting
     try:
+        yield pins
+    finally:
+        del client.request
+
+
+def test_rereading_a_shared_object_reuses_its_pin():
+    ref = zray.put(np.arange(1_000_000))
+    with pin_requests() as pins:
         for _ in range(5):
             value = zray.get(ref)
             assert value[-1] == 999_999
             del value
-    finally:
-        del client.request
     # One PIN, or two if the lazy UNPIN happened to be sent in between.
     assert 1 <= len(pins) <= 2
+
+
+@zray.remote
+def put_shared(count, nested):
+    refs = [zray.put(np.full(30_000, i, dtype=np.int64)) for i in range(count)]  # 240 KB each
+    return refs if nested else refs[0]
+
+
+@pytest.mark.parametrize("count, nested", [(1, False), (1, True), (70, True)])
+def test_getting_a_shared_object_put_elsewhere_costs_no_pin(count, nested):
+    held = zray.get(put_shared.remote(count, nested))  # refs made by another process
+    refs = held if nested else [held]
+    with pin_requests() as pins:
+        values = zray.get(refs)  # its FETCH asked the agent to pin them: one round trip
+    assert [int(v[0]) for v in values] == list(range(count))
+    assert all(not v.flags.writeable for v in values)
+    assert pins == []
+    del values
+    gc.collect()
+    with pin_requests() as pins:  # read again after the pins went back: they pin anew
+        zray._client().flush(releases=True)
+        assert int(zray.get(refs[-1])[-1]) == count - 1
+    assert len(pins) <= 1
 
 
 def test_large_results_go_into_space_set_aside_and_the_rest_is_given_back():

@@ -101,7 +101,7 @@ def test_tasks_sent_ahead_are_taken_back_when_their_worker_blocks():
                 # Wait until the agent has sent some children ahead to this very
                 # worker: on one CPU they can only run if it takes them back.
                 deadline = time.monotonic() + 20
-                while not state.client.tasks and time.monotonic() < deadline:
+                while not state.worker.tasks and time.monotonic() < deadline:
                     time.sleep(0.005)
             return len(zray.get(refs, timeout=30))
 

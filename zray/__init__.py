@@ -322,13 +322,9 @@ def wait(object_refs: Sequence[ObjectRef], *, num_returns: int = 1,
 def cancel(object_ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:
     """Cancel the task that makes ``object_ref``: queued ones never run; running
     ones get KeyboardInterrupt, or with ``force=True`` their worker is killed."""
-    from zray._private import protocol
-
     if not isinstance(object_ref, ObjectRef):
         raise TypeError(f"zray.cancel expects an ObjectRef, got {type(object_ref).__name__}")
-    client = _client()
-    client._send(protocol.encode(protocol.Op.CANCEL, {"t": object_ref.task_id(),
-                                                      "force": bool(force)}))
+    _client().cancel(object_ref.task_id(), force=bool(force))
 
 
 def get_gpu_ids() -> List[int]:
@@ -365,11 +361,12 @@ class RuntimeContext:
     """IDs of the job, node, worker and task this code runs in."""
 
     def __init__(self, client: Any) -> None:
-        task = client.current_task
-        self.job_id = (task.get("j") if task else client.job_id).hex()
+        worker = state.worker
+        task = worker.current_task if worker is not None else None
+        self.job_id = (task.get("job_id", client.job_id) if task else client.job_id).hex()
         self.node_id = client.node_id.hex()
         self.worker_id = client.identity.hex()
-        self.task_id = task["t"].hex() if task else None
+        self.task_id = task["task_id"].hex() if task else None
 
     def get_job_id(self) -> str:
         return self.job_id

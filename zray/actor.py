@@ -5,6 +5,10 @@ the actor's ID, its method table, and a ref to the actor's *anchor* object
 (the result of its creation task).  Handles are counted through that ref
 like any object, so when the last handle anywhere is gone the anchor is
 freed and the node retires the actor.
+
+Creation and call specs are built with ``protocol.task_spec`` and handed to
+the client's public verbs (``submit``, ``reserve_name``, ``kill_actor``);
+this module owns no connection state.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from typing import Any, Callable, Dict, Optional
 from zray._private import protocol, state
 from zray.object_ref import ObjectRef
 from zray.remote_function import (
-    TASK_OPTIONS, Option, _is_int, resource_demand, validate_options,
+    TASK_OPTIONS, Option, int_at_least, resource_demand, validate_options,
 )
 
 ACTOR_OPTIONS: Dict[str, Option] = {o.name: o for o in [
@@ -27,9 +31,9 @@ ACTOR_OPTIONS: Dict[str, Option] = {o.name: o for o in [
     Option("namespace", lambda v: v is None or isinstance(v, str), None, "a string"),
     Option("lifetime", lambda v: v in (None, "detached", "non_detached"), None,
            "None, 'detached' or 'non_detached'"),
-    Option("max_restarts", _is_int(-1), 0, "an int >= -1 (-1: restart forever)"),
-    Option("max_task_retries", _is_int(-1), 0, "an int >= -1"),
-    Option("max_concurrency", _is_int(1), None, "an int >= 1"),
+    Option("max_restarts", int_at_least(-1), 0, "an int >= -1 (-1: restart forever)"),
+    Option("max_task_retries", int_at_least(-1), 0, "an int >= -1"),
+    Option("max_concurrency", int_at_least(1), None, "an int >= 1"),
     Option("get_if_exists", lambda v: isinstance(v, bool), False, "a bool"),
 ]}
 
@@ -117,25 +121,20 @@ class ActorClass:
                 pass
         fid = self._export(client)
         actor_id = protocol.new_id()
-        spec, keep = client.encode_args(args, kwargs, f"{self._name}.__init__")
-        max_concurrency = options.get("max_concurrency") or (1000 if self._async else 1)
-        demand = resource_demand({"num_cpus": 0, **options})
-        spec.update({
-            "t": protocol.new_id(), "f": fid, "n": f"{self._name}.__init__", "r": 1,
-            "q": demand, "x": 0, "A": actor_id, "new": 1,
-            "mr": options.get("max_restarts", 0), "mc": max_concurrency,
-            "as": self._async, "cls": self._name,
-        })
-        if name:
-            spec["nm"] = name
-        if options.get("lifetime") == "detached":
-            spec["det"] = 1
-        handle_meta = {"cls": self._name, "methods": self._methods}
+        args_part, keep = client.encode_args(args, kwargs, f"{self._name}.__init__")
+        spec = protocol.task_spec(
+            task_id=protocol.new_id(), job_id=client.job_id, name=f"{self._name}.__init__",
+            function_id=fid, resources=resource_demand({"num_cpus": 0, **options}),
+            max_retries=0, args=args_part, actor_id=actor_id, new_actor=True,
+            max_restarts=options.get("max_restarts", 0),
+            max_concurrency=options.get("max_concurrency") or (1000 if self._async else 1),
+            is_async=self._async, class_name=self._name, actor_name=name or "",
+            detached=options.get("lifetime") == "detached")
         if name:
             # Reserve the name before anything runs, so a clash fails here.
-            client.query("reserve_name", name=name, aid=actor_id, meta=handle_meta,
-                         anchor=protocol.object_id(spec["t"], 0))
-        anchor = client.submit(spec, 1)[0]
+            client.reserve_name(name, actor_id, protocol.returns_of(spec)[0],
+                                {"class_name": self._name, "methods": self._methods})
+        anchor = client.submit(spec)[0]
         del keep
         return ActorHandle(actor_id, self._name, self._methods, anchor)
 
@@ -181,10 +180,12 @@ class ActorHandle:
         if client is None:
             raise RuntimeError("zray is not initialized; call zray.init() first")
         task_name = f"{self._class_name}.{method_name}"
-        spec, keep = client.encode_args(args, kwargs, task_name)
-        spec.update({"t": protocol.new_id(), "f": b"", "n": task_name, "r": num_returns,
-                     "q": {}, "x": 0, "A": self._actor_id, "meth": method_name})
-        refs = client.submit(spec, num_returns)
+        args_part, keep = client.encode_args(args, kwargs, task_name)
+        spec = protocol.task_spec(
+            task_id=protocol.new_id(), job_id=client.job_id, name=task_name,
+            num_returns=num_returns, resources={}, max_retries=0, args=args_part,
+            actor_id=self._actor_id, method=method_name)
+        refs = client.submit(spec)
         del keep
         if num_returns == 1:
             return refs[0]
@@ -225,7 +226,8 @@ def get_actor(name: str) -> ActorHandle:
         raise RuntimeError("zray is not initialized; call zray.init() first")
     reply = client.query("actor", name=name)
     meta = reply["meta"]
-    return ActorHandle(reply["aid"], meta["cls"], meta["methods"], ObjectRef(reply["anchor"]))
+    return ActorHandle(reply["actor_id"], meta["class_name"], meta["methods"],
+                       ObjectRef(reply["anchor"]))
 
 
 def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:
@@ -235,5 +237,4 @@ def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:
     client = state.client
     if client is None:
         raise RuntimeError("zray is not initialized; call zray.init() first")
-    client._send(protocol.encode(protocol.Op.KILL, {"A": actor._actor_id,
-                                                    "no_restart": bool(no_restart)}))
+    client.kill_actor(actor._actor_id, no_restart=bool(no_restart))

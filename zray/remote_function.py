@@ -3,7 +3,8 @@
 Options are checked once, against one table, when the function is decorated
 and when ``.options()`` is called, so a bad option fails on the caller's
 line.  The function is pickled on its first call and exported once per
-cluster; each call then sends only a small task spec.
+cluster; each call then sends only a small task spec, built with
+``protocol.task_spec`` and queued with the client's ``submit``.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ class Option:
         self.doc = doc
 
 
-def _is_int(lo: int) -> Callable[[Any], bool]:
+def int_at_least(lo: int) -> Callable[[Any], bool]:
     return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= lo
 
 
@@ -38,12 +39,13 @@ def _is_resources(v: Any) -> bool:
 
 
 TASK_OPTIONS: Dict[str, Option] = {o.name: o for o in [
-    Option("num_returns", _is_int(0), 1, "a non-negative int"),
+    Option("num_returns", int_at_least(0), 1, "a non-negative int"),
     Option("num_cpus", _is_number, 1, "a non-negative number"),
     Option("num_gpus", _is_number, 0, "a non-negative number"),
     Option("resources", _is_resources, None, "a dict of resource name to amount"),
-    Option("max_calls", _is_int(0), 0, "a non-negative int (0: no limit)"),
-    Option("max_retries", _is_int(-1), 3, "an int >= -1 (-1: retry forever)"),
+    Option("max_calls", int_at_least(0), 0, "a non-negative int (0: no limit)"),
+    Option("max_retries", int_at_least(-1), protocol.DEFAULT_MAX_RETRIES,
+           "an int >= -1 (-1: retry forever)"),
     Option("name", lambda v: v is None or isinstance(v, str), None, "a string"),
 ]}
 ALIASES = {"num_return_vals": "num_returns"}
@@ -80,15 +82,18 @@ def resource_demand(options: Dict[str, Any]) -> Dict[str, float]:
 class _Call:
     """Everything fixed about calls with one set of options, computed once."""
 
-    __slots__ = ("num_returns", "demand", "max_retries", "max_calls", "name")
+    __slots__ = ("num_returns", "demand", "max_retries", "extra", "name")
 
     def __init__(self, options: Dict[str, Any], default_name: str) -> None:
         merged = {name: opt.default for name, opt in TASK_OPTIONS.items()}
         merged.update(options)
         self.num_returns = merged["num_returns"]
-        self.demand = resource_demand(merged)
+        demand = resource_demand(merged)
+        # The spec leaves the default demand out (see protocol.TaskSpec.resources).
+        self.demand: Optional[Dict[str, float]] = None if demand == {"CPU": 1.0} else demand
         self.max_retries = merged["max_retries"]
-        self.max_calls = merged["max_calls"]
+        # Optional spec fields, only when set: the builder skips nothing faster.
+        self.extra = {"max_calls": merged["max_calls"]} if merged["max_calls"] else {}
         self.name = merged["name"] or default_name
 
 
@@ -156,16 +161,12 @@ class RemoteFunction:
         if self._arg_types is not None:
             self._check_types(args)
         fid = self._export(client)
-        spec, keep = client.encode_args(args, kwargs, call.name)
-        spec["t"] = protocol.new_id()
-        spec["f"] = fid
-        spec["n"] = call.name
-        spec["r"] = call.num_returns
-        spec["q"] = call.demand
-        spec["x"] = call.max_retries
-        if call.max_calls:
-            spec["m"] = call.max_calls
-        refs = client.submit(spec, call.num_returns)
+        args_part, keep = client.encode_args(args, kwargs, call.name)
+        spec = protocol.task_spec(
+            task_id=protocol.new_id(), job_id=client.job_id, name=call.name, function_id=fid,
+            num_returns=call.num_returns, resources=call.demand, max_retries=call.max_retries,
+            args=args_part, **call.extra)
+        refs = client.submit(spec)
         del keep
         if call.num_returns == 1:
             return refs[0]

@@ -14,11 +14,19 @@ context and no threads, so forking it is safe.  It reaps its children and
 reports each exit at once, which is how the agent sees a crashed worker
 without waiting for a heartbeat.  When the agent closes the template's
 stdin (or dies), the template kills its workers and exits.
+
+A worker's own state lives here, in :class:`Worker`: the queue of EXECUTE
+and EXIT messages, the task running, the count of BLOCKED sent (which tells
+stale tasks sent ahead from live ones), cancels of tasks not yet started,
+its actor.  It reaches the agent only through the client's public verbs and
+the handlers it registers with ``Client.listen``; it must not touch the
+client's socket, outbox or object tables.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import functools
 import inspect
 import os
@@ -33,7 +41,7 @@ import cloudpickle
 
 from zray import exceptions
 from zray._private import protocol, serialization, state
-from zray._private.client import Client, Descriptor, _Dep
+from zray._private.client import Client, Descriptor, decode_args
 from zray._private.protocol import ObjectKind, Op
 
 
@@ -140,8 +148,8 @@ def _child(agent_address: str, worker_id: bytes, wake_r: int, wake_w: int) -> No
 class LogStream:
     """sys.stdout/stderr of a worker: whole lines go to the driver of the task's job."""
 
-    def __init__(self, client: Client, err: bool) -> None:
-        self.client = client
+    def __init__(self, worker: "Worker", err: bool) -> None:
+        self.worker = worker
         self.err = err
         self.partial = ""
 
@@ -160,10 +168,9 @@ class LogStream:
             self._send(lines)
 
     def _send(self, lines: List[str]) -> None:
-        task = self.client.current_task or {}
-        self.client._send(protocol.encode(Op.LOG, {
-            "job": task.get("j", b""), "name": task.get("n", "worker"), "pid": os.getpid(),
-            "err": self.err, "lines": lines}))
+        task = self.worker.current_task or {}
+        self.worker.client.log(task.get("job_id", b""), task.get("name", "worker"), lines,
+                               stderr=self.err)
 
     def isatty(self) -> bool:
         return False
@@ -177,6 +184,11 @@ class LogStream:
 
 
 class Worker:
+    """Runs what the agent sends this worker: its task queue, the task running,
+    its actor.  Registers with the client for EXECUTE, EXIT and INTERRUPT and
+    for the hook around a blocking get/wait; build it before the client
+    connects, so no task that arrives at once is missed."""
+
     def __init__(self, client: Client) -> None:
         self.client = client
         self.functions: Dict[bytes, Any] = {}
@@ -189,42 +201,75 @@ class Worker:
         self.profiler: Any = None
         self.profile_path = ""
         self.profile_due = 0.0
+        self.tasks: "collections.deque" = collections.deque()  # (op, body, raw): EXECUTE, EXIT
+        self.current_task: Optional[dict] = None   # the spec of the task running
+        self.blocked_count = 0   # BLOCKED messages sent: older tasks sent ahead were taken back
         self.skip: set = set()   # tasks sent ahead and cancelled before they started
         self.next_up: Optional[bytes] = None   # the task about to start (see loop)
-        client.on_interrupt = self.on_interrupt
+        client.listen(Op.EXECUTE, self.on_execute)
+        client.listen(Op.EXIT, self.on_exit)
+        # After the reader steps down: a KeyboardInterrupt must not land in
+        # the middle of dispatching.
+        client.listen(Op.INTERRUPT, self.on_interrupt, after_read=True)
+        client.wait_hook = self.before_wait
 
-    def on_interrupt(self, body: dict) -> None:
-        tid = body.get("t")
-        task = self.client.current_task
-        if task is not None and task["t"] == tid:
+    # ------------------------------------------------------------------ from the agent
+    def on_execute(self, body: dict, raw: List[Any]) -> None:
+        self.tasks.extend([(Op.EXECUTE, one, frames)
+                           for one, frames in protocol.unpack_batch(body, raw)])
+
+    def on_exit(self, body: dict, raw: List[Any]) -> None:
+        self.tasks.append((Op.EXIT, body, raw))
+
+    def on_interrupt(self, body: dict, raw: Any = ()) -> None:
+        tid = body.get("task_id")
+        task = self.current_task
+        if task is not None and task["task_id"] == tid:
             os.kill(self.pid, signal.SIGINT)
-        elif tid == self.next_up or any(queued[1].get("s", {}).get("t") == tid
-                                        for queued in self.client.tasks if queued is not None):
+        elif tid == self.next_up or any(queued[1].get("task", {}).get("task_id") == tid
+                                        for queued in self.tasks):
             self.skip.add(tid)  # sent ahead and not started: never start it
+
+    def before_wait(self) -> Optional[Callable[[], None]]:
+        """A get/wait is about to block: the agent may lend this worker's CPU."""
+        if self.current_task is None:
+            return None
+        self.blocked_count += 1
+        self.client.blocked()
+        return self.client.unblocked
+
+    def next_task(self) -> Optional[tuple]:
+        """The next ``(op, body, raw)`` for this worker (None once the connection is lost)."""
+        tasks = self.tasks
+        if not tasks:
+            self.client.flush(releases=True)  # idle now: let go of what the last task held
+            self.client.wait_until(lambda: bool(tasks))
+        return tasks.popleft() if tasks else None
 
     def loop(self) -> None:
         client = self.client
         while True:
             try:
-                item = client.next_task()
+                item = self.next_task()
                 if item is None:
                     return  # connection lost
                 op, body, raw = item
                 if op == Op.EXIT:
                     return
-                if "ep" in body:  # sent ahead while the previous task ran
-                    if body["ep"] < client.blocked_count:
-                        client.release_pins(client.adopt_pins(body))
+                tid = body["task"]["task_id"]
+                if "epoch" in body:  # sent ahead while the previous task ran
+                    if body["epoch"] < self.blocked_count:
+                        client.release_pins(client.adopt_pins(body.get("args", ())))
                         continue  # ... and taken back when that one blocked
-                    self.next_up = body["s"]["t"]
+                    self.next_up = tid
                     try:
                         client.receive_pending()  # a cancel of it may be waiting
                     finally:
                         self.next_up = None
-                if self.skip and body["s"]["t"] in self.skip:
-                    self.skip.discard(body["s"]["t"])
-                    client.release_pins(client.adopt_pins(body))
-                    self.complete(body["s"], None, KeyboardInterrupt())
+                if self.skip and tid in self.skip:
+                    self.skip.discard(tid)
+                    client.release_pins(client.adopt_pins(body.get("args", ())))
+                    self.complete(body["task"], None, KeyboardInterrupt())
                     continue
                 self.execute(body, raw)
                 if self.profiler is not None and time.monotonic() >= self.profile_due:
@@ -246,22 +291,23 @@ class Worker:
             self.profiler.enable()
             self.profile_due = time.monotonic() + 1.0
 
+    # ------------------------------------------------------------------ running
     def execute(self, body: dict, raw: List[Any]) -> None:
-        spec = body["s"]
-        if "meth" in spec and self.actor_runner is not None:
+        spec = body["task"]
+        if "method" in spec and self.actor_runner is not None:
             self.actor_runner(body, raw)  # threaded or async actor: runs concurrently
         else:
             self.run_task(body, raw)
 
     def run_task(self, body: dict, raw: List[Any]) -> None:
         client = self.client
-        spec = body["s"]
-        gpu_ids = body.get("gpus") or []
+        spec = body["task"]
+        gpu_ids = body.get("gpu_ids") or []
         if gpu_ids or self.gpu_ids:
             os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpu_ids)
             self.gpu_ids = gpu_ids
-        client.current_task = spec
-        client.job_id = spec.get("j", client.job_id)
+        self.current_task = spec
+        client.job_id = spec.get("job_id", client.job_id)
         started = time.perf_counter()
         try:
             try:
@@ -274,9 +320,9 @@ class Worker:
         except BaseException as exc:
             self.complete(spec, None, exc, started)
         else:
-            self.complete(spec, value, None, started, body.get("pa"))
+            self.complete(spec, value, None, started, body.get("result_space"))
         finally:
-            client.current_task = None
+            self.current_task = None
 
     @staticmethod
     def flush_output() -> None:
@@ -289,15 +335,15 @@ class Worker:
     def prepare(self, spec: dict, body: dict, raw: List[Any]):
         """The callable and arguments of a task, actor creation or actor call."""
         client = self.client
-        pinned = client.adopt_pins(body)
+        pinned = client.adopt_pins(body.get("args", ()))
         try:
-            if "meth" in spec:
+            if "method" in spec:
                 fn = self.actor_method(spec)
-            elif spec.get("new"):
-                cls = self.load_function(spec["f"], body, raw)
+            elif spec.get("new_actor"):
+                cls = self.load_function(spec["function_id"], body, raw)
                 fn = functools.partial(self.create_actor, cls, spec)
             else:
-                fn = self.load_function(spec["f"], body, raw)
+                fn = self.load_function(spec["function_id"], body, raw)
             args, kwargs = self.load_args(spec, body, raw)
         finally:
             # The argument views hold pins of their own; a task that failed
@@ -310,12 +356,12 @@ class Worker:
         """Store a task's results (or its failure) and tell the agent.
 
         With ``started`` (a perf_counter reading), the agent also hears how
-        long the task ran: it sends quick tasks ahead (see the agent's
-        fill_backlogs).  ``reserved`` is ``[offset, size]`` of store space the
-        agent set aside for the result (see its ``reserve_result``).
+        long the task ran: it sends quick tasks ahead.  ``reserved`` is
+        ``[offset, size]`` of store space the agent set aside for the result
+        (the EXECUTE's ``result_space``).
         """
-        name = spec.get("n", "task")
-        returns = [protocol.object_id(spec["t"], i) for i in range(spec.get("r", 1))]
+        name = spec.get("name", "task")
+        returns = protocol.returns_of(spec)
         results: List[dict] = []
         frames: List[Any] = []
         error_text = ""
@@ -339,23 +385,24 @@ class Worker:
             else:
                 data = serialization.serialize_error(exc, name, self.pid)
             results, frames = self.error_results(returns, data)
-        done = {"t": spec["t"], "res": results, "err": error_text}
+        done: protocol.TaskDone = {"task_id": spec["task_id"], "results": results,
+                                   "error": error_text}
         if started:
-            done["dt"] = time.perf_counter() - started
+            done["run_seconds"] = time.perf_counter() - started
         # Queued, not sent: results of a run of quick tasks go back together.
-        self.client._send_item(("done", done, frames))
+        self.client.task_done(done, frames)
 
     # ------------------------------------------------------------------ actors
     def create_actor(self, cls: type, spec: dict, *args: Any, **kwargs: Any) -> None:
-        self.actor_class_name = spec.get("cls", cls.__name__)
+        self.actor_class_name = spec.get("class_name", cls.__name__)
         try:
             self.actor = cls(*args, **kwargs)
         except BaseException as exc:
             tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
             self.actor_error = f"{type(exc).__name__}: {exc}\n{tb}"
             raise
-        concurrency = int(spec.get("mc", 1))
-        if spec.get("as"):
+        concurrency = int(spec.get("max_concurrency", 1))
+        if spec.get("is_async"):
             self.start_event_loop(concurrency)
         elif concurrency > 1:
             from concurrent.futures import ThreadPoolExecutor
@@ -369,10 +416,10 @@ class Worker:
                 f"actor {self.actor_class_name} is not available: its constructor raised: "
                 f"{self.actor_error or 'it was never created'}")
         try:
-            return getattr(self.actor, spec["meth"])
+            return getattr(self.actor, spec["method"])
         except AttributeError:
             raise AttributeError(f"actor {self.actor_class_name} has no method "
-                                 f"{spec['meth']!r}") from None
+                                 f"{spec['method']!r}") from None
 
     def start_event_loop(self, concurrency: int) -> None:
         import asyncio
@@ -392,7 +439,7 @@ class Worker:
         ready.wait()
 
         async def call(body: dict, raw: List[Any]) -> None:
-            spec = body["s"]
+            spec = body["task"]
             async with limit[0]:
                 try:
                     fn, args, kwargs = self.prepare(spec, body, raw)
@@ -407,51 +454,35 @@ class Worker:
         self.actor_runner = lambda body, raw: asyncio.run_coroutine_threadsafe(
             call(body, raw), loop)
 
-    def error_results(self, returns: List[bytes], data: bytes):
-        return ([{"o": oid, "k": ObjectKind.ERROR, "l": [], "i": 0} for oid in returns],
-                [data])
+    # ------------------------------------------------------------------ values
+    @staticmethod
+    def error_results(returns: List[bytes], data: bytes):
+        """Every result of a failed task: the same pickled error, one frame."""
+        return ([{"object_id": oid, "kind": ObjectKind.ERROR, "layout": [], "frame": 0}
+                 for oid in returns], [data])
 
     def load_function(self, fid: bytes, body: dict, raw: List[Any]) -> Any:
         fn = self.functions.get(fid)
         if fn is None:
-            if "fi" not in body:
+            if "function_frame" not in body:
                 raise exceptions.ZrayError("the agent sent a task without its function")
-            for entry in body.get("path", ()):
+            for entry in body.get("sys_path", ()):
                 if entry not in sys.path:
                     sys.path.append(entry)
             try:
-                fn = cloudpickle.loads(raw[body["fi"]])
+                fn = cloudpickle.loads(raw[body["function_frame"]])
             except Exception as exc:
                 raise exceptions.SerializationError(
-                    f"could not unpickle the function of task {body['s'].get('n')}: "
+                    f"could not unpickle the function of task {body['task'].get('name')}: "
                     f"{type(exc).__name__}: {exc}") from exc
             self.functions[fid] = fn
         return fn
 
     def load_args(self, spec: dict, body: dict, raw: List[Any]):
-        values = []
         client = self.client
-        for desc in body.get("deps", ()):
-            data = raw[desc["i"]] if "i" in desc else None
-            if data is not None and not isinstance(data, (bytes, bytearray, memoryview)):
-                data = data.buffer
-            d = Descriptor(desc["k"], desc["l"], data, desc.get("off", 0))
-            values.append(client.materialize(desc["o"], d))
-        if "ao" in spec:
-            args, kwargs = values[-1]
-        elif "a" in spec:
-            try:
-                args, kwargs = serialization.deserialize(memoryview(spec["a"]), spec["al"])
-            except Exception as exc:
-                raise exceptions.SerializationError(
-                    f"could not unpickle the arguments of task {spec.get('n')}: "
-                    f"{type(exc).__name__}: {exc}") from exc
-        else:
-            return (), {}
-        if values:
-            args = [values[a.index] if type(a) is _Dep else a for a in args]
-            kwargs = {k: values[v.index] if type(v) is _Dep else v for k, v in kwargs.items()}
-        return args, kwargs
+        values = [client.materialize(desc["object_id"], Descriptor.from_wire(desc, raw))
+                  for desc in body.get("args", ())]
+        return decode_args(spec, values)
 
     @staticmethod
     def split_returns(value: Any, count: int, name: str) -> List[Any]:
@@ -470,34 +501,35 @@ class Worker:
         return values
 
     def store_result(self, oid: bytes, value: Any, frames: List[Any], name: str,
-                     reserved: Optional[list] = None) -> dict:
+                     reserved: Optional[list] = None) -> protocol.Descriptor:
         ser = serialization.serialize(value, f"the return value of {name}")
-        result: dict = {"o": oid, "l": ser.layout}
+        result: protocol.Descriptor = {"object_id": oid, "layout": ser.layout}
         if ser.contained:
-            result["c"] = ser.contained
+            result["contained"] = ser.contained
         if ser.size <= protocol.INLINE_THRESHOLD:
-            result["k"] = ObjectKind.INLINE
-            result["i"] = len(frames)
+            result["kind"] = ObjectKind.INLINE
+            result["frame"] = len(frames)
             frames.append(ser.to_bytes())
         else:
+            client = self.client
             if reserved is not None and ser.size <= reserved[1]:
                 offset = reserved[0]  # set aside with the task: no ALLOC round trip
-                self.client.attach_arena()
+                client.attach_arena()
             else:
-                offset = self.client.allocate(oid, ser.size)
-            ser.write_into(self.client.arena.view(offset, ser.size))
-            result.update(k=ObjectKind.SHARED, off=offset, n=ser.size)
+                offset = client.allocate(oid, ser.size)
+            ser.write_into(client.arena.view(offset, ser.size))
+            result.update(kind=ObjectKind.SHARED, offset=offset, size=ser.size)
         return result
 
 
 def worker_loop(agent_address: str, worker_id: bytes) -> None:
     client = Client(agent_address, "worker", identity=worker_id, job_id=b"")
+    worker = Worker(client)  # before connecting: its handlers must see the first task
     state.client = client
-    client.connect(pid=os.getpid())
-    worker = Worker(client)
     state.worker = worker
-    sys.stdout = LogStream(client, err=False)
-    sys.stderr = LogStream(client, err=True)
+    client.connect(pid=os.getpid())
+    sys.stdout = LogStream(worker, err=False)
+    sys.stderr = LogStream(worker, err=True)
     profile_dir = os.environ.get("ZRAY_PROFILE_DIR")
     try:
         if profile_dir:  # a developer's switch: dump each worker's profile
