@@ -1,12 +1,17 @@
-"""Cluster pieces that need no cluster: tokens and keys, addresses, status text."""
+"""Cluster pieces that need no cluster: tokens and keys, addresses, status text, the head."""
 
 from __future__ import annotations
+
+import os
+import time
 
 import pytest
 import zmq
 
-from zray._private import security, services
+from zray._private import protocol, security, services
 from zray._private import status as status_text
+from zray._private.head import Head
+from zray._private.protocol import Op
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -122,3 +127,187 @@ def test_a_too_long_session_root_is_named(monkeypatch):
     monkeypatch.setenv("ZRAY_TMPDIR", "/tmp/" + "d" * 80)
     with pytest.raises(ValueError, match="ZRAY_TMPDIR"):
         services.session_root()
+
+
+# ---------------------------------------------------------------------- the head
+# A real Head on ipc sockets in this process, driven one poll at a time; each
+# DEALER stands for a node agent (identity = node ID, as the agent sets it).
+
+
+class Peer:
+    def __init__(self, ctx: zmq.Context, head: Head, node_id: bytes) -> None:
+        self.head = head
+        self.node_id = node_id
+        self.sock = ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.IDENTITY, node_id)
+        self.sock.connect(head.addresses[0])
+
+    def send(self, op: Op, body: dict, *raw: bytes) -> None:
+        self.sock.send_multipart(protocol.encode(op, body, *raw))
+        deadline = time.monotonic() + 5
+        while not self.head.poll_once(100):
+            assert time.monotonic() < deadline, "the head never saw the message"
+
+    def recv(self, timeout_ms: int = 2000):
+        assert self.sock.poll(timeout_ms), f"nothing came to {self.node_id!r}"
+        return protocol.decode(self.sock.recv_multipart())
+
+    def expect(self, op: Op) -> dict:
+        got, body, _ = self.recv()
+        assert got == op, (got, body)
+        return body
+
+    def quiet(self) -> bool:
+        return not self.sock.poll(50)
+
+    def register(self, resources: dict) -> dict:
+        info = {"node_id": self.node_id, "ip": "127.0.0.1", "address": "ipc://agent",
+                "resources": resources, "store_capacity": 1 << 30, "pid": 1,
+                "transfer_address": f"tcp://127.0.0.1:{len(self.node_id)}", "hostname": "h"}
+        self.send(Op.REGISTER, info)
+        return self.expect(Op.REGISTERED)
+
+
+class Rig:
+    """A bound Head and the peers that talk to it."""
+
+    def __init__(self, tmp_path) -> None:
+        self.head = Head([f"ipc://{tmp_path}/head.sock"], f"ipc://{tmp_path}/pub.sock")
+        self.head.bind()
+        self.ctx = zmq.Context()
+        self.peers: list = []
+
+    def peer(self, name: bytes) -> Peer:
+        self.peers.append(Peer(self.ctx, self.head, name.ljust(protocol.ID_SIZE, b".")))
+        return self.peers[-1]
+
+    def close(self) -> None:
+        for p in self.peers:
+            p.sock.close(0)
+        self.ctx.term()
+        self.head.close()
+
+
+@pytest.fixture
+def rig(tmp_path):
+    r = Rig(tmp_path)
+    yield r
+    r.close()
+
+
+def forward(origin: Peer, raw=(b"pickled function",), **task) -> dict:
+    spec = protocol.task_spec(task_id=protocol.new_id(), name=task.pop("name", "f"), **task)
+    body = {"task": spec, "origin": origin.node_id, "inline": {}, "locations": {},
+            "function_frame": 0, "sys_path": []}
+    origin.send(Op.FORWARD, body, *raw)
+    return spec
+
+
+def heartbeat(peer: Peer, **load) -> dict:
+    peer.send(Op.HEARTBEAT, dict({"node_id": peer.node_id, "available": {"CPU": 1.0},
+                                  "store_used": 0, "queued": 0, "running": 0, "workers": 1,
+                                  "actors": 0}, **load))
+    return peer.expect(Op.HEARTBEAT_ACK)
+
+
+def test_head_acks_every_heartbeat_even_from_a_node_it_does_not_know(rig):
+    a = rig.peer(b"a")
+    assert heartbeat(a)["unknown"] is True
+    a.send(Op.HEARTBEAT, {"node_id": ["not", "an", "id"]})
+    assert a.expect(Op.HEARTBEAT_ACK)["unknown"] is True
+    registered = a.register({"CPU": 1.0})
+    assert registered["pub_address"] == rig.head.pub_address and registered["seq"] >= 1
+    ack = heartbeat(a, store_used=123, queued=2)
+    assert "unknown" not in ack
+    (entry,) = ack["nodes"]
+    assert entry["node_id"] == a.node_id.hex() and entry["alive"]
+    assert entry["transfer"] == "tcp://127.0.0.1:16" and entry["store_capacity"] == 1 << 30
+    assert entry["store_used"] == 123 and entry["queued"] == 2
+
+
+def test_an_unplaceable_task_waits_then_runs_where_it_fits(rig):
+    a, b = rig.peer(b"a"), rig.peer(b"b")
+    a.register({"CPU": 1.0})
+    spec = forward(a, resources={"special": 1.0})
+    waiting = a.expect(Op.TASK_UNPLACEABLE)
+    assert waiting["task_id"] == spec["task_id"] and "special: 1" in waiting["message"]
+    b.register({"CPU": 1.0, "special": 1.0})
+    op, body, raw = b.recv()
+    assert op == Op.FORWARD and body["task"] == spec and raw == [b"pickled function"]
+    oid = protocol.object_id(spec["task_id"], 0)
+    result = {"task_id": spec["task_id"], "origin": a.node_id, "node_id": b.node_id,
+              "results": [{"object_id": oid, "kind": int(protocol.ObjectKind.SHARED),
+                           "layout": [[0, 10]], "size": 4096, "contained": []}], "error": ""}
+    b.send(Op.RESULT, result)
+    assert a.expect(Op.RESULT) == result
+    a.send(Op.HEAD_QUERY, {"req": 3, "what": "snapshot"})
+    snapshot = a.expect(Op.HEAD_REPLY)
+    assert snapshot["req"] == 3 and snapshot["directory"] == {oid: [b.node_id]}
+    a.send(Op.OBJECTS_FREED, {"node_id": a.node_id, "object_ids": [oid]})
+    a.send(Op.HEAD_QUERY, {"req": 4, "what": "snapshot"})
+    assert a.expect(Op.HEAD_REPLY)["directory"] == {}
+
+
+def test_a_dead_nodes_tasks_are_placed_again_or_failed(rig):
+    a, b, c = rig.peer(b"a"), rig.peer(b"b"), rig.peer(b"c")
+    a.register({"CPU": 1.0})
+    b.register({"CPU": 1.0, "x": 1.0})
+    fragile = forward(a, resources={"x": 1.0}, max_retries=0, name="fragile")
+    sturdy = forward(a, resources={"x": 1.0}, max_retries=1, name="sturdy")
+    assert [b.expect(Op.FORWARD)["task"]["name"] for _ in range(2)] == ["fragile", "sturdy"]
+    rig.head.nodes[b.node_id].last_seen -= 60  # silent for far longer than the liveness
+    rig.head.purge_expired()
+    assert not rig.head.nodes[b.node_id].alive
+    failed = a.expect(Op.TASK_FAILED)
+    assert failed["task_id"] == fragile["task_id"] and failed["error_type"] == "NodeDiedError"
+    assert "no retries left" in failed["message"]
+    assert a.expect(Op.TASK_UNPLACEABLE)["task_id"] == sturdy["task_id"]  # nowhere else has x
+    c.register({"CPU": 1.0, "x": 1.0})
+    again = c.expect(Op.FORWARD)["task"]
+    assert again["task_id"] == sturdy["task_id"] and again["max_retries"] == 0
+
+
+def test_actor_calls_and_kills_go_where_the_actor_lives(rig):
+    a, b = rig.peer(b"a"), rig.peer(b"b")
+    a.register({"CPU": 1.0})
+    b.register({"CPU": 1.0, "x": 1.0})
+    actor_id = protocol.new_id()
+    forward(a, resources={"x": 1.0}, actor_id=actor_id, new_actor=True, name="A.__init__")
+    assert b.expect(Op.FORWARD)["task"]["new_actor"] is True
+    call = forward(a, resources={}, actor_id=actor_id, method="incr", name="A.incr")
+    assert b.expect(Op.FORWARD)["task"]["task_id"] == call["task_id"]
+    a.send(Op.KILL_ACTOR, {"actor_id": actor_id, "no_restart": True})
+    assert b.expect(Op.KILL_ACTOR) == {"actor_id": actor_id, "no_restart": True}
+    stray = forward(a, actor_id=protocol.new_id(), method="incr", name="B.incr")
+    failed = a.expect(Op.TASK_FAILED)
+    assert failed["task_id"] == stray["task_id"] and failed["error_type"] == "ActorDiedError"
+    assert b.quiet()
+
+
+def test_log_lines_pass_to_the_named_node(rig):
+    a, b = rig.peer(b"a"), rig.peer(b"b")
+    a.register({"CPU": 1.0})
+    b.register({"CPU": 1.0})
+    log = {"job_id": b"j", "name": "f", "pid": 9, "stderr": False, "lines": ["hi"],
+           "to_node": a.node_id}
+    b.send(Op.LOG, log)
+    assert a.expect(Op.LOG) == log
+
+
+@pytest.mark.parametrize("frames, fragment", [
+    ([protocol.encode(Op.HEAD_QUERY, {"req": 5, "what": "locate"})[0]], "unknown query"),
+    ([protocol.encode(Op.SUBMIT, {"req": 5, "tasks": []})[0]], "does not serve SUBMIT"),
+    ([b"\xff junk"], "malformed"),
+])
+def test_head_answers_what_it_cannot_serve_with_an_error(rig, frames, fragment):
+    a = rig.peer(b"a")
+    a.sock.send_multipart(frames)
+    deadline = time.monotonic() + 5
+    while not rig.head.poll_once(100):
+        assert time.monotonic() < deadline
+    reply = a.expect(Op.HEAD_REPLY)
+    assert fragment in reply["error"]
+    a.send(Op.HEAD_QUERY, {"req": 6, "what": "status"})  # and it still serves
+    status = a.expect(Op.HEAD_REPLY)
+    assert status["req"] == 6 and status["unplaced"] == [] and status["head_pid"] == os.getpid()

@@ -1,12 +1,14 @@
 """A small object store: bounded use, spilling, and clear errors when full."""
 
 import gc
+import time
 
 import numpy as np
 import pytest
 
 import zray
 from zray import exceptions
+from zray._private import state
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -20,17 +22,40 @@ def cluster():
     zray.shutdown()
 
 
+def store_stats() -> dict:
+    """The agent's store: ``used`` and ``capacity`` bytes, ``objects``, ``spilled`` bytes."""
+    return state.client.query("store")
+
+
+def eventually(condition, within: float = 10.0) -> bool:
+    """Whether ``condition()`` comes true before ``within`` seconds pass."""
+    deadline = time.monotonic() + within
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
 def test_put_and_drop_keeps_store_bounded():
+    baseline = store_stats()["used"]
     block = np.ones(MiB // 8)
     for _ in range(2000):  # 2 GiB through a 64 MiB store
         ref = zray.put(block)
         del ref
+    # A dropped ref's DECREF is sent lazily (batched with others): wait for the
+    # last ones, within a deadline.  A leaked ref keeps its MiB (or its spill
+    # file) for good, and 2000 of them cannot fit in 64 MiB without spilling.
+    settled = eventually(lambda: store_stats()["used"] == baseline)
+    stats = store_stats()
+    assert settled, f"{stats['used'] - baseline} bytes still used after every ref was dropped"
+    assert stats["spilled"] == 0, f"{stats['spilled']} bytes were spilled: refs were held"
 
 
 def test_full_store_spills_and_restores():
     arrays = [np.full(3 * MiB, i, dtype=np.uint8) for i in range(40)]
     refs = [zray.put(a) for a in arrays]  # 120 MiB held: some must spill
-    assert zray._client().query("store")["spilled"] > 0
+    assert store_stats()["spilled"] > 0
     for i, ref in enumerate(refs):
         value = zray.get(ref)
         assert value[0] == i and value[-1] == i

@@ -12,10 +12,16 @@ nodes) and where each actor placed by it lives.  Tasks reach it only when a
 node cannot place them itself: demand its node can never meet, or a
 saturated node handing work to an idle one.  The head places each on a
 node, remembers it until its RESULT passes back, and places it again (or
-fails it) if that node dies.  A single-node program never waits on it.
+fails it with TASK_FAILED) if that node dies.  A single-node program never
+waits on it.
+
+Liveness goes both ways: every HEARTBEAT is answered with a HEARTBEAT_ACK
+(``unknown`` when the head has no entry for the sender, which then registers
+again), so an agent that stops hearing acks knows the head is gone.
 
 The head never unpickles anything: task specs, functions and values pass
-through it as opaque frames.
+through it as opaque frames.  Every message it reads or writes is declared in
+:mod:`zray._private.protocol`.
 """
 
 from __future__ import annotations
@@ -25,89 +31,177 @@ import logging
 import os
 import signal
 import time
-from typing import Any, Dict, List, Optional, Set
+from typing import Any, Dict, Iterable, List, Optional, Set
 
 import zmq
 
 from zray._private import protocol, scheduling
-from zray._private.protocol import Op
+from zray._private.protocol import ObjectKind, Op
 
 logger = logging.getLogger("zray.head")
 
-HEARTBEAT_LIVENESS = 6          # missed intervals before a node is dead
-HEARTBEAT_INTERVAL = 0.5
-
 
 class NodeEntry:
+    """One node as the head knows it: what it registered and its last heartbeat."""
+
     __slots__ = ("node_id", "info", "load", "last_seen", "alive", "ident")
 
-    def __init__(self, node_id: bytes, ident: bytes, info: dict) -> None:
+    def __init__(self, node_id: bytes, ident: bytes, info: protocol.NodeInfo) -> None:
         self.node_id = node_id
         self.ident = ident
         self.info = info
-        self.load: dict = {}
+        self.load: dict = {}      # the last protocol.Heartbeat, adjusted by placements since
         self.last_seen = time.monotonic()
         self.alive = True
 
     def as_dict(self) -> dict:
+        """The node table entry agents and `zray status` read (HEARTBEAT_ACK, HEAD_REPLY)."""
+        info = self.info
+        resources = info.get("resources", {})
         return {"node_id": self.node_id.hex(), "alive": self.alive,
-                "address": self.info.get("address"), "node_ip": self.info.get("ip"),
-                "hostname": self.info.get("hostname", ""),
-                "transfer": self.info.get("transfer"),
-                "resources": self.info.get("resources", {}),
-                "available": self.load.get("available", self.info.get("resources", {})),
-                "store_capacity": self.info.get("store", 0),
+                "address": info.get("address"), "node_ip": info.get("ip"),
+                "hostname": info.get("hostname", ""),
+                "transfer": info.get("transfer_address", ""),
+                "resources": resources,
+                "available": self.load.get("available", resources),
+                "store_capacity": info.get("store_capacity", 0),
                 "store_used": self.load.get("store_used", 0),
                 "queued": self.load.get("queued", 0), "running": self.load.get("running", 0),
                 "actors": self.load.get("actors", 0), "workers": self.load.get("workers", 0)}
 
     def load_view(self, local_bytes: int = 0) -> scheduling.NodeLoad:
+        resources = self.info.get("resources", {})
         return scheduling.NodeLoad(
             node_id=self.node_id,
-            total=scheduling.to_units(self.info.get("resources", {})),
-            available=scheduling.to_units(self.load.get("available",
-                                                        self.info.get("resources", {}))),
+            total=scheduling.to_units(resources),
+            available=scheduling.to_units(self.load.get("available", resources)),
             queued=self.load.get("queued", 0), alive=self.alive, local_bytes=local_bytes)
+
+    def take(self, demand: Dict[str, int]) -> None:
+        """Count a task just placed here, until the node's next heartbeat says."""
+        resources = self.info.get("resources", {})
+        available = self.load.setdefault("available", dict(resources))
+        for name, units in demand.items():
+            if name in available:
+                available[name] -= units / scheduling.UNIT
+        self.load["queued"] = self.load.get("queued", 0) + 1
+
+
+class Directory:
+    """Which nodes hold a copy of each object that crossed nodes, and its size."""
+
+    def __init__(self) -> None:
+        self.holders: Dict[bytes, Set[bytes]] = {}
+        self.sizes: Dict[bytes, int] = {}
+
+    def __len__(self) -> int:
+        return len(self.holders)
+
+    def add(self, oid: bytes, node_id: bytes, size: Optional[int] = None) -> None:
+        self.holders.setdefault(oid, set()).add(node_id)
+        if size is not None:
+            self.sizes[oid] = size
+
+    def free(self, oid: bytes) -> None:
+        self.holders.pop(oid, None)
+        self.sizes.pop(oid, None)
+
+    def drop_node(self, node_id: bytes) -> None:
+        for oid, holders in list(self.holders.items()):
+            holders.discard(node_id)
+            if not holders:
+                self.free(oid)
+
+    def locality(self, oids: Iterable[bytes]) -> Dict[bytes, int]:
+        """Bytes of ``oids`` each node already holds."""
+        local: Dict[bytes, int] = {}
+        for oid in oids:
+            size = self.sizes.get(oid, 0)
+            for holder in self.holders.get(oid, ()):
+                local[holder] = local.get(holder, 0) + size
+        return local
+
+    def snapshot(self) -> Dict[bytes, List[bytes]]:
+        return {oid: sorted(holders) for oid, holders in self.holders.items()}
 
 
 class Placed:
-    """A forwarded task the head placed and has not seen finish."""
+    """A forwarded task the head placed (or holds) and has not seen finish."""
 
-    __slots__ = ("tid", "body", "raw", "origin", "node", "demand", "name")
+    __slots__ = ("task_id", "body", "raw", "origin", "node", "demand", "name")
 
-    def __init__(self, body: dict, raw: List[Any]) -> None:
-        spec = body["s"]
-        self.tid: bytes = spec["t"]
+    def __init__(self, body: protocol.Forward, raw: List[Any]) -> None:
+        task = body["task"]
+        self.task_id: bytes = task["task_id"]
         self.body = body
         self.raw = raw
         self.origin: bytes = body["origin"]
         self.node: Optional[bytes] = None
-        self.demand = scheduling.to_units(spec.get("q", {"CPU": 1.0}))
-        self.name: str = spec.get("n", "task")
+        self.demand = scheduling.to_units(task.get("resources", {"CPU": 1}))
+        self.name: str = task.get("name", "task")
+
+    @property
+    def task(self) -> protocol.TaskSpec:
+        return self.body["task"]
+
+    @property
+    def actor_call(self) -> bool:
+        """A call to an existing actor: it can only go where that actor lives."""
+        return "actor_id" in self.task and not self.task.get("new_actor")
+
+    def use_a_retry(self) -> bool:
+        """Whether it may run again after its node died; counts the retry in its spec."""
+        retries = int(self.task.get("max_retries", protocol.DEFAULT_MAX_RETRIES))
+        if retries == 0:
+            return False
+        if retries > 0:  # -1: forever
+            self.task["max_retries"] = retries - 1  # the next node sees what is left
+        return True
 
 
 class Head:
-    def __init__(self, addresses: List[str], pub_address: str, parent_pid: Optional[int],
+    """The head's state and its one ROUTER loop.
+
+    Building one opens nothing; :meth:`bind` opens the sockets and
+    :meth:`serve` runs the loop (tests drive :meth:`poll_once` themselves).
+    """
+
+    def __init__(self, addresses: List[str], pub_address: str, parent_pid: Optional[int] = None,
                  token: Optional[str] = None) -> None:
+        self.addresses = addresses
+        self.pub_address = pub_address
         self.parent_pid = parent_pid
+        self.token = token
         self.nodes: Dict[bytes, NodeEntry] = {}
         self.placed: Dict[bytes, Placed] = {}
         self.unplaced: List[Placed] = []        # no alive node could ever run them
         self.actors: Dict[bytes, bytes] = {}    # actor id -> node id
-        self.directory: Dict[bytes, Set[bytes]] = {}
-        self.sizes: Dict[bytes, int] = {}
+        self.directory = Directory()
         self.seq = 0
         self.running = True
         self.starter_fd = -1      # a pipe to the process that started us (see main)
+        self.ctx: Optional[zmq.Context] = None
+        self.router: Optional[zmq.Socket] = None
+        self.pub: Optional[zmq.Socket] = None
+        self.guard = None
+        self.ipc_paths: List[str] = []
+        self.handlers = {Op.REGISTER: self.on_register, Op.HEARTBEAT: self.on_heartbeat,
+                         Op.HEAD_QUERY: self.on_head_query, Op.FORWARD: self.on_forward,
+                         Op.RESULT: self.on_result, Op.OBJECTS_FREED: self.on_objects_freed,
+                         Op.KILL_ACTOR: self.on_kill_actor, Op.LOG: self.on_log}
+
+    # ------------------------------------------------------------------ sockets
+    def bind(self) -> None:
+        """Open the ROUTER and PUB on their addresses (``pub_address`` becomes the bound one)."""
         self.ctx = zmq.Context()
-        self.keys = self.guard = None
-        if token:
+        keys = None
+        if self.token:
             # Only a TCP cluster has keys; an embedded session's head on ipc
             # never loads zmq.auth (and the asyncio it pulls in).
             from zray._private import security
 
-            self.keys = security.Keys(token)
-            self.guard = security.Guard(self.ctx, self.keys, "the head")
+            keys = security.Keys(self.token)
+            self.guard = security.Guard(self.ctx, keys, "the head")
         self.router = self.ctx.socket(zmq.ROUTER)
         self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.router.setsockopt(zmq.LINGER, 0)
@@ -116,29 +210,41 @@ class Head:
         self.pub = self.ctx.socket(zmq.PUB)
         self.pub.setsockopt(zmq.LINGER, 0)
         self.pub.setsockopt(zmq.SNDHWM, 0)
-        if self.keys:
-            self.keys.serve(self.router)
-            self.keys.serve(self.pub)
+        if keys:
+            keys.serve(self.router)
+            keys.serve(self.pub)
         old_umask = os.umask(0o077)
         try:
-            for address in addresses:
+            for address in self.addresses:
                 self.router.bind(address)
-            self.pub.bind(pub_address)
+            self.pub.bind(self.pub_address)
             self.pub_address = self.pub.getsockopt_string(zmq.LAST_ENDPOINT)
         finally:
             os.umask(old_umask)
         if self.guard:
             self.guard.watch(self.router, self.pub)
-        self.ipc_paths = [a[len("ipc://"):] for a in addresses + [pub_address]
+        self.ipc_paths = [a[len("ipc://"):] for a in self.addresses + [self.pub_address]
                           if a.startswith("ipc://")]
-        self.handlers = {Op.REGISTER: self.on_register, Op.HEARTBEAT: self.on_heartbeat,
-                         Op.HEAD_QUERY: self.on_query, Op.FORWARD: self.on_forward,
-                         Op.RESULT: self.on_result, Op.ANNOUNCE: self.on_announce,
-                         Op.ACTOR_OP: self.on_actor_op, Op.LOG: self.on_log}
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self._on_signal)
 
-    def _on_signal(self, signum, frame) -> None:
+    def close(self) -> None:
+        if self.starter_fd >= 0:
+            os.close(self.starter_fd)
+            self.starter_fd = -1
+        if self.guard:
+            self.guard.stop()
+        for sock in (self.router, self.pub):
+            if sock is not None:
+                sock.close(0)
+        if self.ctx is not None:
+            self.ctx.term()
+        for path in self.ipc_paths:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+
+    def stop(self) -> None:
+        """Leave the loop at its next turn (the signal handler)."""
         self.running = False
 
     def tell_starter(self, line: str) -> None:
@@ -152,33 +258,27 @@ class Head:
             self.starter_fd = -1
 
     def serve(self) -> None:
-        poller = zmq.Poller()
-        poller.register(self.router, zmq.POLLIN)
         try:
             while self.running:
-                if poller.poll(100):
-                    for _ in range(1000):
-                        try:
-                            frames = self.router.recv_multipart(zmq.NOBLOCK, copy=False)
-                        except zmq.Again:
-                            break
-                        self.handle(frames)
+                self.poll_once(100)
                 self.purge_expired()
                 if self.parent_pid and os.getppid() != self.parent_pid:
                     break
         finally:
-            if self.starter_fd >= 0:
-                os.close(self.starter_fd)
-            if self.guard:
-                self.guard.stop()
-            self.router.close(0)
-            self.pub.close(0)
-            self.ctx.term()
-            for path in self.ipc_paths:
+            self.close()
+
+    def poll_once(self, timeout_ms: int) -> int:
+        """Handle what arrives within ``timeout_ms`` (at most 1000 messages); how many."""
+        handled = 0
+        if self.router.poll(timeout_ms):
+            for _ in range(1000):
                 try:
-                    os.unlink(path)
-                except OSError:
-                    pass
+                    frames = self.router.recv_multipart(zmq.NOBLOCK, copy=False)
+                except zmq.Again:
+                    break
+                self.handle(frames)
+                handled += 1
+        return handled
 
     def handle(self, frames: List[Any]) -> None:
         ident = frames[0].bytes
@@ -220,35 +320,39 @@ class Head:
         return [n.as_dict() for n in self.nodes.values()]
 
     # ------------------------------------------------------------------ nodes
-    def on_register(self, ident: bytes, body: dict, raw) -> None:
-        node_id = body["node"]
+    def on_register(self, ident: bytes, body: protocol.NodeInfo, raw) -> None:
+        node_id = body["node_id"]
         self.nodes[node_id] = NodeEntry(node_id, ident, body)
         logger.info("node %s joined from %s with %s", node_id.hex()[:8], body.get("ip"),
                     body.get("resources"))
-        self.publish(b"node", Op.PUB_NODE, {"event": "joined", "node": node_id})
+        self.publish(protocol.TOPIC_NODE, Op.PUB_NODE, {"event": "joined", "node_id": node_id})
         self.reply(ident, Op.REGISTERED, {"nodes": self.table(), "seq": self.seq,
-                                          "pub": self.pub_address})
+                                          "pub_address": self.pub_address})
         self.tell_starter(f"joined {node_id.hex()}")
         self.place_unplaced()
 
-    def on_heartbeat(self, ident: bytes, body: dict, raw) -> None:
-        node = self.nodes.get(body.get("node", b""))
+    def on_heartbeat(self, ident: bytes, body: protocol.Heartbeat, raw) -> None:
+        # Every heartbeat is acked, whatever it says: the ack is how the agent
+        # knows the head lives.
+        node_id = body.get("node_id")
+        node = self.nodes.get(node_id) if isinstance(node_id, bytes) else None
         if node is None:
             self.reply(ident, Op.HEARTBEAT_ACK, {"unknown": True, "nodes": self.table(),
                                                  "seq": self.seq})
             return
-        node.load = body
+        node.load = dict(body)
         node.ident = ident
         node.last_seen = time.monotonic()
         if not node.alive:
             node.alive = True
             logger.info("node %s is back", node.node_id.hex()[:8])
-            self.publish(b"node", Op.PUB_NODE, {"event": "joined", "node": node.node_id})
+            self.publish(protocol.TOPIC_NODE, Op.PUB_NODE, {"event": "joined", "node_id": node.node_id})
             self.place_unplaced()
         self.reply(ident, Op.HEARTBEAT_ACK, {"nodes": self.table(), "seq": self.seq})
 
-    def purge_expired(self) -> None:
-        deadline = time.monotonic() - HEARTBEAT_INTERVAL * HEARTBEAT_LIVENESS
+    def purge_expired(self, now: Optional[float] = None) -> None:
+        now = time.monotonic() if now is None else now
+        deadline = now - protocol.HEARTBEAT_INTERVAL * protocol.HEARTBEAT_LIVENESS
         for node in list(self.nodes.values()):
             if node.alive and node.last_seen < deadline:
                 self.node_died(node)
@@ -256,26 +360,18 @@ class Head:
     def node_died(self, node: NodeEntry) -> None:
         node.alive = False
         logger.warning("node %s missed %d heartbeats: marked dead", node.node_id.hex()[:8],
-                       HEARTBEAT_LIVENESS)
-        for oid, holders in list(self.directory.items()):
-            holders.discard(node.node_id)
-            if not holders:
-                del self.directory[oid]
-                self.sizes.pop(oid, None)
-        self.publish(b"node", Op.PUB_NODE, {"event": "died", "node": node.node_id})
+                       protocol.HEARTBEAT_LIVENESS)
+        self.directory.drop_node(node.node_id)
+        self.publish(protocol.TOPIC_NODE, Op.PUB_NODE, {"event": "died", "node_id": node.node_id})
         why = f"node {node.node_id.hex()[:8]} ({node.info.get('ip')}) died"
         for aid, where in list(self.actors.items()):
             if where == node.node_id:
                 del self.actors[aid]
         for placed in [p for p in self.placed.values() if p.node == node.node_id]:
-            spec = placed.body["s"]
-            if "A" in spec:
+            if "actor_id" in placed.task:
                 self.fail(placed, "ActorDiedError", f"{placed.name} did not finish: the "
                           f"actor's {why}")
-                continue
-            retries = int(spec.get("x", 3))
-            if retries != 0:
-                spec["x"] = retries - 1 if retries > 0 else retries
+            elif placed.use_a_retry():
                 logger.info("placing %s again: %s", placed.name, why)
                 self.place(placed)
             else:
@@ -284,35 +380,30 @@ class Head:
                           f"retries left")
 
     # ------------------------------------------------------------------ placement
-    def on_forward(self, ident: bytes, body: dict, raw) -> None:
+    def on_forward(self, ident: bytes, body: protocol.Forward, raw) -> None:
         placed = Placed(body, raw)
-        origin = placed.origin
-        for oid, holders in body.get("loc", {}).items():
-            self.directory.setdefault(oid, set()).update(holders)
-        spec = body["s"]
-        if "A" in spec and not spec.get("new"):
-            where = self.actors.get(spec["A"])
+        for oid, holders in body.get("locations", {}).items():
+            for holder in holders:
+                self.directory.add(oid, holder)
+        if placed.actor_call:
+            where = self.actors.get(placed.task["actor_id"])
             if where is None:
                 self.fail(placed, "ActorDiedError", f"cannot call {placed.name}: its actor is "
                           f"not alive on any node of this cluster")
                 return
             placed.node = where
-            self.placed[placed.tid] = placed
+            self.placed[placed.task_id] = placed
             if not self.to_node(where, Op.FORWARD, body, *raw):
                 self.fail(placed, "ActorDiedError", f"cannot call {placed.name}: the node of "
                           f"its actor is unreachable")
             return
-        if origin not in self.nodes:
-            logger.warning("forward from unregistered node %s", origin.hex()[:8])
+        if placed.origin not in self.nodes:
+            logger.warning("forward from unregistered node %s", placed.origin.hex()[:8])
         self.place(placed)
 
     def place(self, placed: Placed) -> None:
-        size_of = self.sizes.get
-        locality: Dict[bytes, int] = {}
-        for oid in placed.body["s"].get("d", ()):
-            for holder in self.directory.get(oid, ()):
-                locality[holder] = locality.get(holder, 0) + size_of(oid, 0)
-        exclude = placed.body.get("not")
+        locality = self.directory.locality(placed.task.get("deps", ()))
+        exclude = placed.body.get("exclude_node")
         views = [n.load_view(locality.get(n.node_id, 0)) for n in self.nodes.values()
                  if n.node_id != exclude]
         target = scheduling.choose_node(views, placed.demand)
@@ -322,25 +413,18 @@ class Head:
             self.unplaced.append(placed)
             need = ", ".join(f"{k}: {v:g}" for k, v in
                              sorted(scheduling.from_units(placed.demand).items()))
-            self.to_node(placed.origin, Op.RESULT, {
-                "t": placed.tid, "wait": True,
-                "msg": f"task {placed.name} cannot run on this cluster: no alive node has "
-                       f"{need}. It stays queued until a node with these resources joins."})
+            self.to_node(placed.origin, Op.TASK_UNPLACEABLE, {
+                "task_id": placed.task_id,
+                "message": f"task {placed.name} cannot run on this cluster: no alive node has "
+                           f"{need}. It stays queued until a node with these resources joins."})
             return
         placed.node = target
-        self.placed[placed.tid] = placed
-        spec = placed.body["s"]
-        if "A" in spec and spec.get("new"):
-            self.actors[spec["A"]] = target
-        node = self.nodes[target]
-        # What we believe it has left, until its next heartbeat says.
-        available = node.load.setdefault("available", dict(node.info.get("resources", {})))
-        for name, units in placed.demand.items():
-            if name in available:
-                available[name] -= units / scheduling.UNIT
-        node.load["queued"] = node.load.get("queued", 0) + 1
+        self.placed[placed.task_id] = placed
+        if placed.task.get("new_actor"):
+            self.actors[placed.task["actor_id"]] = target
+        self.nodes[target].take(placed.demand)
         if not self.to_node(target, Op.FORWARD, placed.body, *placed.raw):
-            self.placed.pop(placed.tid, None)
+            self.placed.pop(placed.task_id, None)
             self.unplaced.append(placed)
 
     def place_unplaced(self) -> None:
@@ -348,53 +432,49 @@ class Head:
         for placed in waiting:
             self.place(placed)
 
-    def fail(self, placed: Placed, etype: str, msg: str) -> None:
-        self.placed.pop(placed.tid, None)
-        if not self.to_node(placed.origin, Op.RESULT, {"t": placed.tid, "fail": etype,
-                                                       "msg": msg}):
+    def fail(self, placed: Placed, error_type: str, message: str) -> None:
+        self.placed.pop(placed.task_id, None)
+        if not self.to_node(placed.origin, Op.TASK_FAILED, {
+                "task_id": placed.task_id, "error_type": error_type, "message": message}):
             logger.warning("could not tell node %s that %s failed: %s",
-                           placed.origin.hex()[:8], placed.name, msg)
+                           placed.origin.hex()[:8], placed.name, message)
 
-    def on_result(self, ident: bytes, body: dict, raw) -> None:
-        placed = self.placed.pop(body["t"], None)
-        sender = body.get("node")
+    def on_result(self, ident: bytes, body: protocol.Result, raw) -> None:
+        placed = self.placed.pop(body["task_id"], None)
+        ran_on = body.get("node_id")
         sealed = []
-        for result in body.get("res", ()):
-            if "off" in result or result.get("at"):
-                self.directory.setdefault(result["o"], set()).add(sender)
-                self.sizes[result["o"]] = int(result.get("n", 0))
-                sealed.append(result["o"])
+        for result in body.get("results", ()):
+            if result.get("kind") == ObjectKind.SHARED and ran_on is not None:
+                # Stays on the node that ran it: others pull it from there.
+                self.directory.add(result["object_id"], ran_on, int(result.get("size", 0)))
+                sealed.append(result["object_id"])
         if sealed:
-            self.publish(b"obj", Op.PUB_OBJECT, {"sealed": sealed, "node": sender})
+            self.publish(protocol.TOPIC_OBJECT, Op.PUB_OBJECT, {"node_id": ran_on, "sealed": sealed})
         origin = body.get("origin") or (placed.origin if placed else None)
         if origin is not None and not self.to_node(origin, Op.RESULT, body, *raw):
             logger.warning("result of %s has nowhere to go: node %s is gone",
-                           body["t"].hex()[:8], origin.hex()[:8])
+                           body["task_id"].hex()[:8], origin.hex()[:8])
 
-    def on_announce(self, ident: bytes, body: dict, raw) -> None:
-        node = body.get("node")
-        sealed = body.get("sealed", [])
-        for oid, size in zip(sealed, body.get("sizes", [0] * len(sealed))):
-            self.directory.setdefault(oid, set()).add(node)
-            self.sizes[oid] = size
-        freed = body.get("freed", [])
+    def on_objects_freed(self, ident: bytes, body: protocol.ObjectsFreed, raw) -> None:
+        freed = body.get("object_ids", [])
         for oid in freed:
-            self.directory.pop(oid, None)
-            self.sizes.pop(oid, None)
-        self.publish(b"obj", Op.PUB_OBJECT, {"sealed": sealed, "freed": freed, "node": node})
+            self.directory.free(oid)
+        if freed:
+            self.publish(protocol.TOPIC_OBJECT, Op.PUB_OBJECT, {"node_id": body.get("node_id"),
+                                                 "freed": freed})
 
-    def on_log(self, ident: bytes, body: dict, raw) -> None:
-        self.to_node(body.get("to", b""), Op.LOG, body)
+    def on_log(self, ident: bytes, body: protocol.Log, raw) -> None:
+        self.to_node(body.get("to_node", b""), Op.LOG, body)
 
-    def on_actor_op(self, ident: bytes, body: dict, raw) -> None:
-        where = self.actors.get(body["A"])
-        if where is not None:
-            self.to_node(where, Op.ACTOR_OP, body)
+    def on_kill_actor(self, ident: bytes, body: protocol.KillActor, raw) -> None:
+        where = self.actors.get(body["actor_id"])
+        if where is None or not self.to_node(where, Op.KILL_ACTOR, body):
+            logger.info("kill of actor %s: no alive node holds it", body["actor_id"].hex()[:8])
 
     # ------------------------------------------------------------------ queries
-    def on_query(self, ident: bytes, body: dict, raw) -> None:
+    def on_head_query(self, ident: bytes, body: protocol.HeadQuery, raw) -> None:
         what = body.get("what", "nodes")
-        reply: Dict[str, Any] = {"req": body.get("req", 0), "nodes": self.table()}
+        reply: protocol.HeadReply = {"req": body.get("req", 0), "nodes": self.table()}
         if what == "status":
             reply["unplaced"] = [p.name for p in self.unplaced]
             reply["forwarded"] = len(self.placed)
@@ -402,10 +482,7 @@ class Head:
             reply["head_pid"] = os.getpid()
         elif what == "snapshot":
             reply["seq"] = self.seq
-            reply["directory"] = {oid: sorted(holders) for oid, holders in self.directory.items()}
-        elif what == "locate":
-            reply["holders"] = {oid: sorted(self.directory.get(oid, ()))
-                                for oid in body.get("o", ())}
+            reply["directory"] = self.directory.snapshot()
         elif what != "nodes":
             raise ValueError(f"unknown query {what!r}")
         self.reply(ident, Op.HEAD_REPLY, reply)
@@ -423,6 +500,13 @@ def main(argv: Optional[List[str]] = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s head %(levelname)s %(message)s")
     token = os.environ.pop("ZRAY_TOKEN", None)  # never on the command line: ps shows it
     head = Head(args.bind, args.pub, args.parent_pid or None, token)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, frame: head.stop())
+    try:
+        head.bind()
+    except BaseException:  # e.g. the port is taken: the log says so, and nothing lingers
+        head.close()
+        raise
     if args.ready_fd >= 0:
         os.set_blocking(args.ready_fd, False)  # a starter that stops reading never blocks us
         head.starter_fd = args.ready_fd

@@ -114,7 +114,7 @@ class LocalSession:
             log.close()
         fds = (self.template.stdin.fileno(), self.template.stdout.fileno())
         self.agent = self._spawn("node", [
-            "zray._private.node", "--session-dir", self.session_dir,
+            "zray._private.agent", "--session-dir", self.session_dir,
             "--node-id", self.node_id.hex(), "--head", self.head_address,
             "--resources", json.dumps(self.resources),
             "--gpu-ids", ",".join(str(g) for g in gpu_ids),
@@ -241,7 +241,10 @@ def ip_towards(host: str) -> str:
 
 
 def head_query(address: str, token: str, what: str = "status", timeout: float = 5.0) -> dict:
-    """Ask a head over TCP (with the token) and return its reply."""
+    """Ask a head over TCP (with the token) and return its reply (a ``protocol.HeadReply``).
+
+    ``what`` is ``nodes``, ``status`` or ``snapshot`` (see ``protocol.HeadQuery``).
+    """
     import socket
 
     import zmq
@@ -262,15 +265,21 @@ def head_query(address: str, token: str, what: str = "status", timeout: float = 
     keys.join(sock)
     try:
         sock.connect(f"tcp://{host}:{port}")
-        sock.send_multipart(protocol.encode(Op.HEAD_QUERY, {"what": what, "req": 1}))
+        query: protocol.HeadQuery = {"req": 1, "what": what}
+        sock.send_multipart(protocol.encode(Op.HEAD_QUERY, query))
         if not sock.poll(int(timeout * 1000)):
             raise ClusterError(f"{host}:{port} accepts connections but did not answer within "
                                f"{timeout:g} s: the token is wrong for this cluster, or it is "
                                f"not a zray head")
         op, body, _ = protocol.decode(sock.recv_multipart())
+    except protocol.ProtocolError as exc:
+        raise ClusterError(f"{host}:{port} answered in a way this zray does not read ({exc}): "
+                           f"is it a head of the same zray version?") from None
     finally:
         sock.close(0)
         ctx.term()
+    if op != Op.HEAD_REPLY:
+        raise ClusterError(f"the head at {host}:{port} answered {op.name} to a query")
     if body.get("error"):
         raise ClusterError(f"the head at {host}:{port} answered: {body['error']}")
     return body
@@ -368,7 +377,7 @@ class ClusterNode:
         self.agent_address = \
             f"ipc://{self.session_dir}/zray_agent_{self.node_id.hex()[:8]}.sock"
         self.spawn("node", [
-            "zray._private.node", "--session-dir", self.session_dir,
+            "zray._private.agent", "--session-dir", self.session_dir,
             "--node-id", self.node_id.hex(), "--head", head_address,
             "--resources", json.dumps(total), "--gpu-ids", ",".join(map(str, gpu_ids)),
             "--store-bytes", str(store_bytes), "--node-ip", node_ip], token)
