@@ -13,6 +13,7 @@ from click.testing import CliRunner
 
 import zray
 from zray import cli
+from zray._private import bench_queued as bq
 from zray._private import bench_workloads as bw
 from zray._private import microbenchmark as mb
 
@@ -176,6 +177,20 @@ def test_child_commands():
     assert "--quick" not in cmd and cmd[4:6] == ["--target", "ray"]
 
 
+def test_ray_side_loader_needs_no_zray(tmp_path):
+    """The Ray child's loader loads the workload file by path; it finds bench_queued
+    beside it, and neither imports zray (the Ray environment has none)."""
+    check = ("assert 'zray' not in sys.modules and 'zray._private' not in sys.modules\n"
+             "assert mod.bq.__name__ == 'zray_bench_queued', mod.bq.__name__\n"
+             "print(len(mod.workload_names(mod.SMOKE)))\n")
+    loader = mb._LOADER.replace("sys.exit(mod.main(sys.argv[2:]))\n", check)
+    assert loader != mb._LOADER
+    proc = subprocess.run([sys.executable, "-I", "-c", loader, os.path.abspath(bw.__file__)],
+                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert int(proc.stdout) == len(bw.workload_names(bw.SMOKE))
+
+
 def test_init_kwargs_only_quiets_ray():
     assert bw.init_kwargs("zray", 2) == {"num_cpus": 2}
     assert bw.init_kwargs("ray", 2) == {"num_cpus": 2, "include_dashboard": False,
@@ -203,18 +218,18 @@ def test_workload_names_cover_the_brief():
 def test_rss_growth_counts_processes_that_come_and_go():
     before = {1: ("driver", 100), 2: ("node", 50), 3: ("ray::IDLE", 30)}
     after = {1: ("driver", 300), 2: ("node", 150), 4: ("ray::blocker", 40)}
-    total, by_role = bw.rss_growth(before, after)
+    total, by_role = bq.rss_growth(before, after)
     assert total == 200 + 100 - 30 + 40
     assert by_role == {"driver": 200, "node": 100, "ray::IDLE": -30, "ray::blocker": 40}
 
 
 def test_process_tree_rss_includes_children():
-    gate = bw._Gate()
+    gate = bq._Gate()
     child = None
     try:
         child = _blocker_process(gate)
         gate.wait_ready(1, timeout=30)
-        tree = bw.process_tree_rss()
+        tree = bq.process_tree_rss()
         assert tree[os.getpid()][0] == "driver"
         assert child.pid in tree and tree[child.pid][1] > 0
         assert child.poll() is None            # held by the gate ...
@@ -301,7 +316,7 @@ def test_measure_queued_plumbing():
     fake = _FakeRay()
     cfg = bw.SMOKE
     threads_before = threading.active_count()
-    got = bw.measure_queued(fake, cfg, num_cpus=2)
+    got = bq.measure_queued(fake, cfg, {"num_cpus": 2})
     assert fake.calls == ["init", "shutdown"]
     assert sorted(fake.ran_at_shutdown) == ["blocker", "blocker", "noop", "noop", "noop",
                                             "noop"]      # warm-up, then only blockers ran
@@ -314,8 +329,8 @@ def test_measure_queued_plumbing():
 
 
 def test_queued_records_report_a_failure_on_every_row():
-    records = bw._queued_records(_FakeRay(fail_init=True), bw.SMOKE, 2)
-    assert [r["name"] for r in records] == bw.queued_names(bw.SMOKE)
+    records = bq.queued_records(_FakeRay(fail_init=True), bw.SMOKE, {"num_cpus": 2})
+    assert [r["name"] for r in records] == bq.queued_names(bw.SMOKE)
     assert [r["unit"] for r in records] == ["B/task", "tasks/s", "s"]
     assert all(r["value"] is None and "no cluster today" in r["error"] for r in records)
 
