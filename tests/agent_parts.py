@@ -12,7 +12,7 @@ import io
 import os
 from typing import Any, List, Optional
 
-from zray._private import protocol
+from zray._private import ids, protocol
 from zray._private.agent.node import Agent
 from zray._private.object_store import SpillStore
 from zray._private.protocol import ObjectKind, Op
@@ -83,7 +83,7 @@ def add_worker(agent: Agent, pid: int) -> bytes:
 
 def spec(name: str = "f", deps: List[bytes] = (), **extra: Any) -> dict:
     body = {"deps": list(deps)} if deps else None
-    fields = protocol.task_spec(task_id=protocol.new_id(), name=name, function_id=b"F" * 16,
+    fields = protocol.task_spec(task_id=ids.new_id(), name=name, function_id=b"F" * 16,
                                 args=body, **extra)
     fields["job_id"] = b"job"
     return fields
@@ -98,7 +98,7 @@ def submit(agent: Agent, *specs: dict) -> List[bytes]:
     """Submit as the driver; the IDs of each task's first result."""
     agent.on_submit(DRIVER, {"tasks": list(specs)}, [])
     agent.dispatch()
-    return [protocol.object_id(s["task_id"], 0) for s in specs]
+    return [ids.object_id(s["task_id"], 0) for s in specs]
 
 
 def sent(agent: Agent, op: Op, to: Optional[bytes] = None) -> List[dict]:
@@ -115,7 +115,7 @@ def done(agent: Agent, wid: bytes, task_id: bytes, value: bytes = b"ok",
          error: str = "") -> None:
     """The worker reports the task finished with an inline result."""
     kind = ObjectKind.ERROR if error else ObjectKind.INLINE
-    result = {"object_id": protocol.object_id(task_id, 0), "kind": kind, "layout": [[0, 2]],
+    result = {"object_id": ids.object_id(task_id, 0), "kind": kind, "layout": [[0, 2]],
               "frame": 0}
     agent.on_task_done(wid, {"task_id": task_id, "results": [result], "error": error,
                              "run_seconds": 0.0001}, [value])

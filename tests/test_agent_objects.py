@@ -6,7 +6,7 @@ import pytest
 
 from agent_parts import DRIVER, make_agent, results_for, sent
 from zray import exceptions
-from zray._private import protocol
+from zray._private import ids, protocol
 from zray._private.protocol import ObjectKind, Op
 
 pytestmark = pytest.mark.timeout(30)
@@ -23,7 +23,7 @@ def agent(tmp_path):
 
 
 def oid() -> bytes:
-    return protocol.object_id(protocol.new_id(), 0)
+    return ids.object_id(ids.new_id(), 0)
 
 
 def put(agent, ident, object_id, data=b"xy", contained=()):

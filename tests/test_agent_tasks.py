@@ -8,7 +8,7 @@ import pytest
 from agent_parts import (DRIVER, add_worker, done, export, make_agent, results_for, sent,
                          spec, submit)
 from zray import exceptions
-from zray._private import protocol
+from zray._private import ids, protocol
 from zray._private.agent.tasks import FINISHED, QUEUED, RUNNING, WAITING
 from zray._private.protocol import Op
 
@@ -64,7 +64,7 @@ def test_a_failed_argument_fails_the_task_that_needs_it_without_running_it(agent
 
 
 def test_an_unknown_argument_is_an_object_lost_error(agent):
-    [b] = submit(agent, spec("lonely", deps=[protocol.object_id(protocol.new_id(), 0)]))
+    [b] = submit(agent, spec("lonely", deps=[ids.object_id(ids.new_id(), 0)]))
     assert isinstance(error_of(agent, b), exceptions.ObjectLostError)
 
 

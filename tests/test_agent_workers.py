@@ -8,7 +8,7 @@ import pytest
 from agent_parts import (DRIVER, add_worker, done, export, make_agent, results_for, sent,
                          spec, submit)
 from zray import exceptions
-from zray._private import protocol
+from zray._private import ids
 from zray._private.agent.actors import ActorState
 from zray._private.agent.workers import WorkerState
 from zray._private.protocol import Op
@@ -45,7 +45,7 @@ def test_a_worker_the_agent_did_not_start_is_refused(agent):
 
 def test_an_exit_report_forgets_the_worker_and_its_refs(agent):
     wid = add_worker(agent, 200)
-    object_id = protocol.object_id(protocol.new_id(), 0)
+    object_id = ids.object_id(ids.new_id(), 0)
     agent.objects.on_put(wid, {"objects": [[object_id, [[0, 1]], []]]}, [b"x"])
     agent.workers.template.report("exited 200 exit-1")
     agent.workers.read_template()

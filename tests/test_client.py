@@ -9,7 +9,7 @@ import pytest
 import zmq
 
 from zray import exceptions
-from zray._private import protocol, serialization, state
+from zray._private import ids, protocol, serialization, state
 from zray._private.client import Client
 from zray._private.protocol import ObjectKind, Op
 from zray._private.worker_main import Worker
@@ -105,7 +105,7 @@ def connected(tmp_path, arena):
 
 
 def _spec(n: int = 0) -> dict:
-    return protocol.task_spec(task_id=protocol.new_id(), name=f"task{n}", function_id=b"f" * 16)
+    return protocol.task_spec(task_id=ids.new_id(), name=f"task{n}", function_id=b"f" * 16)
 
 
 def _submitted(messages):
@@ -195,7 +195,7 @@ def _shared(arena, value, offset: int = 4096):
 def test_get_of_a_shared_object_adopts_the_pin_its_fetch_asked_for(connected, arena):
     np = pytest.importorskip("numpy")
     agent, client = connected
-    ref = ObjectRef(protocol.object_id(protocol.new_id(), 0))  # made elsewhere
+    ref = ObjectRef(ids.object_id(ids.new_id(), 0))  # made elsewhere
     desc = _shared(arena, np.arange(1000))
     agent.answers[Op.FETCH] = lambda body: protocol.encode(
         Op.OBJECT, {"object_id": body["object_ids"][0], **desc, "pinned": body.get("pin", False)})
@@ -214,7 +214,7 @@ def test_get_of_a_shared_object_adopts_the_pin_its_fetch_asked_for(connected, ar
 
 def test_a_pin_nobody_reads_goes_back_with_the_lazy_unpin(connected, arena):
     agent, client = connected
-    ref = ObjectRef(protocol.object_id(protocol.new_id(), 0))
+    ref = ObjectRef(ids.object_id(ids.new_id(), 0))
     desc = _shared(arena, b"x" * 200_000)
     agent.answers[Op.FETCH] = lambda body: protocol.encode(
         Op.OBJECT, {"object_id": body["object_ids"][0], **desc, "pinned": True})
@@ -230,7 +230,7 @@ def test_a_pin_nobody_reads_goes_back_with_the_lazy_unpin(connected, arena):
 
 def test_wait_fetches_without_pinning(connected):
     agent, client = connected
-    ref = ObjectRef(protocol.object_id(protocol.new_id(), 0))
+    ref = ObjectRef(ids.object_id(ids.new_id(), 0))
     assert not client.wait_objects([ref._id], 1, timeout=0)
     messages = agent.wait_for(lambda m: _ops(m, Op.FETCH))
     assert _ops(messages, Op.FETCH) == [{"object_ids": [ref._id]}]
@@ -275,7 +275,7 @@ def test_a_worker_blocks_only_while_a_task_runs(tmp_path):
     worker = Worker(client)
     try:
         client.connect(timeout=10)
-        oid = protocol.object_id(protocol.new_id(), 0)
+        oid = ids.object_id(ids.new_id(), 0)
         client.wait_objects([oid], 1, timeout=0)
         worker.current_task = _spec()
         client.wait_objects([oid], 1, timeout=0)

@@ -8,7 +8,7 @@ import time
 import pytest
 import zmq
 
-from zray._private import protocol, security, services
+from zray._private import ids, protocol, security, services
 from zray._private import status as status_text
 from zray._private.head import Head
 from zray._private.protocol import Op
@@ -179,7 +179,7 @@ class Rig:
         self.peers: list = []
 
     def peer(self, name: bytes) -> Peer:
-        self.peers.append(Peer(self.ctx, self.head, name.ljust(protocol.ID_SIZE, b".")))
+        self.peers.append(Peer(self.ctx, self.head, name.ljust(ids.ID_SIZE, b".")))
         return self.peers[-1]
 
     def close(self) -> None:
@@ -197,7 +197,7 @@ def rig(tmp_path):
 
 
 def forward(origin: Peer, raw=(b"pickled function",), **task) -> dict:
-    spec = protocol.task_spec(task_id=protocol.new_id(), name=task.pop("name", "f"), **task)
+    spec = protocol.task_spec(task_id=ids.new_id(), name=task.pop("name", "f"), **task)
     body = {"task": spec, "origin": origin.node_id, "inline": {}, "locations": {},
             "function_frame": 0, "sys_path": []}
     origin.send(Op.FORWARD, body, *raw)
@@ -235,7 +235,7 @@ def test_an_unplaceable_task_waits_then_runs_where_it_fits(rig):
     b.register({"CPU": 1.0, "special": 1.0})
     op, body, raw = b.recv()
     assert op == Op.FORWARD and body["task"] == spec and raw == [b"pickled function"]
-    oid = protocol.object_id(spec["task_id"], 0)
+    oid = ids.object_id(spec["task_id"], 0)
     result = {"task_id": spec["task_id"], "origin": a.node_id, "node_id": b.node_id,
               "results": [{"object_id": oid, "kind": int(protocol.ObjectKind.SHARED),
                            "layout": [[0, 10]], "size": 4096, "contained": []}], "error": ""}
@@ -272,14 +272,14 @@ def test_actor_calls_and_kills_go_where_the_actor_lives(rig):
     a, b = rig.peer(b"a"), rig.peer(b"b")
     a.register({"CPU": 1.0})
     b.register({"CPU": 1.0, "x": 1.0})
-    actor_id = protocol.new_id()
+    actor_id = ids.new_id()
     forward(a, resources={"x": 1.0}, actor_id=actor_id, new_actor=True, name="A.__init__")
     assert b.expect(Op.FORWARD)["task"]["new_actor"] is True
     call = forward(a, resources={}, actor_id=actor_id, method="incr", name="A.incr")
     assert b.expect(Op.FORWARD)["task"]["task_id"] == call["task_id"]
     a.send(Op.KILL_ACTOR, {"actor_id": actor_id, "no_restart": True})
     assert b.expect(Op.KILL_ACTOR) == {"actor_id": actor_id, "no_restart": True}
-    stray = forward(a, actor_id=protocol.new_id(), method="incr", name="B.incr")
+    stray = forward(a, actor_id=ids.new_id(), method="incr", name="B.incr")
     failed = a.expect(Op.TASK_FAILED)
     assert failed["task_id"] == stray["task_id"] and failed["error_type"] == "ActorDiedError"
     assert b.quiet()

@@ -5,7 +5,7 @@ import threading
 
 import pytest
 
-from zray._private import protocol
+from zray._private import ids, protocol
 from zray._private.client.objects import ObjectCache, PinEntry
 from zray._private.client.outbox import BURST_GAP, FLUSH_AT, Outbox
 from zray._private.protocol import Op
@@ -55,7 +55,7 @@ def _outbox(wire, clock, **kwargs):
 
 
 def _spec(i: int) -> dict:
-    return protocol.task_spec(task_id=protocol.new_id(), name=f"t{i}")
+    return protocol.task_spec(task_id=ids.new_id(), name=f"t{i}")
 
 
 def test_a_lone_item_is_sent_at_once(wire, clock):

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 
 from zray import exceptions
-from zray._private import protocol, serialization
+from zray._private import ids, protocol, serialization
 from zray._private.protocol import Op
 
 
 def test_encode_decode_round_trip():
-    spec = protocol.task_spec(task_id=protocol.new_id(), name="f", function_id=b"\x00\x01",
+    spec = protocol.task_spec(task_id=ids.new_id(), name="f", function_id=b"\x00\x01",
                               args={"args": b"pickled", "args_layout": [[0, 7]]})
     frames = protocol.encode(Op.SUBMIT, {"tasks": [spec]}, b"raw")
     assert msgpack.unpackb(frames[0])[0] == protocol.VERSION == 2
@@ -54,7 +54,7 @@ def test_unpack_batch_rejects_miscounted_frames(body, raw):
 
 
 def test_task_spec_keeps_required_fields_and_drops_false_optional_ones():
-    tid = protocol.new_id()
+    tid = ids.new_id()
     spec = protocol.task_spec(task_id=tid, name="f", function_id=b"fn",
                               args={"deps": [b"d" * 20], "args_object": b"d" * 20},
                               actor_id=b"", new_actor=False, max_calls=0, detached=False)
@@ -72,14 +72,14 @@ def test_task_spec_keeps_required_fields_and_drops_false_optional_ones():
 
 def test_task_spec_rejects_an_unknown_field():
     with pytest.raises(TypeError, match="'q'"):
-        protocol.task_spec(task_id=protocol.new_id(), name="f", q={"CPU": 1})
+        protocol.task_spec(task_id=ids.new_id(), name="f", q={"CPU": 1})
 
 
 def test_returns_of_names_each_result():
-    tid = protocol.new_id()
+    tid = ids.new_id()
     spec = protocol.task_spec(task_id=tid, name="f", num_returns=3)
-    assert protocol.returns_of(spec) == [protocol.object_id(tid, i) for i in range(3)]
-    assert protocol.returns_of({"task_id": tid}) == [protocol.object_id(tid, 0)]
+    assert protocol.returns_of(spec) == [ids.object_id(tid, i) for i in range(3)]
+    assert protocol.returns_of({"task_id": tid}) == [ids.object_id(tid, 0)]
     assert protocol.returns_of(protocol.task_spec(task_id=tid, name="f", num_returns=0)) == []
 
 
@@ -130,11 +130,11 @@ def test_head_ops_carry_readable_fields():
 
 
 def test_ids_and_layout():
-    tid = protocol.new_id()
-    assert len(tid) == protocol.ID_SIZE and tid != protocol.new_id()
-    oid = protocol.object_id(tid, 2)
-    assert len(oid) == protocol.OBJECT_ID_SIZE and protocol.task_of(oid) == tid
-    segments, total = protocol.layout([10, 100, 5])
+    tid = ids.new_id()
+    assert len(tid) == ids.ID_SIZE and tid != ids.new_id()
+    oid = ids.object_id(tid, 2)
+    assert len(oid) == ids.OBJECT_ID_SIZE and ids.task_of(oid) == tid
+    segments, total = serialization.layout([10, 100, 5])
     assert [s[0] % 64 for s in segments] == [0, 0, 0]
     assert total == segments[-1][0] + 5
 

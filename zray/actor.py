@@ -18,7 +18,7 @@ import hashlib
 import inspect
 from typing import Any, Callable, Dict, Optional
 
-from zray._private import protocol, state
+from zray._private import ids, protocol, state
 from zray.object_ref import ObjectRef
 from zray.remote_function import (
     TASK_OPTIONS, Option, int_at_least, resource_demand, validate_options,
@@ -120,10 +120,10 @@ class ActorClass:
             except ValueError:
                 pass
         fid = self._export(client)
-        actor_id = protocol.new_id()
+        actor_id = ids.new_id()
         args_part, keep = client.encode_args(args, kwargs, f"{self._name}.__init__")
         spec = protocol.task_spec(
-            task_id=protocol.new_id(), job_id=client.job_id, name=f"{self._name}.__init__",
+            task_id=ids.new_id(), job_id=client.job_id, name=f"{self._name}.__init__",
             function_id=fid, resources=resource_demand({"num_cpus": 0, **options}),
             max_retries=0, args=args_part, actor_id=actor_id, new_actor=True,
             max_restarts=options.get("max_restarts", 0),
@@ -182,7 +182,7 @@ class ActorHandle:
         task_name = f"{self._class_name}.{method_name}"
         args_part, keep = client.encode_args(args, kwargs, task_name)
         spec = protocol.task_spec(
-            task_id=protocol.new_id(), job_id=client.job_id, name=task_name,
+            task_id=ids.new_id(), job_id=client.job_id, name=task_name,
             num_returns=num_returns, resources={}, max_retries=0, args=args_part,
             actor_id=self._actor_id, method=method_name)
         refs = client.submit(spec)

@@ -13,7 +13,7 @@ import functools
 import hashlib
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from zray._private import protocol, scheduling, state
+from zray._private import ids, protocol, scheduling, state
 
 
 class Option:
@@ -163,7 +163,7 @@ class RemoteFunction:
         fid = self._export(client)
         args_part, keep = client.encode_args(args, kwargs, call.name)
         spec = protocol.task_spec(
-            task_id=protocol.new_id(), job_id=client.job_id, name=call.name, function_id=fid,
+            task_id=ids.new_id(), job_id=client.job_id, name=call.name, function_id=fid,
             num_returns=call.num_returns, resources=call.demand, max_retries=call.max_retries,
             args=args_part, **call.extra)
         refs = client.submit(spec)

@@ -25,17 +25,17 @@ Who talks to whom::
 
 This module is the one place that says what a message is, and it holds the
 constants both ends of a connection must agree on.  It imports nothing from
-the rest of zray.
+the rest of zray but the IDs (:mod:`zray._private.ids`).
 """
 
 from __future__ import annotations
 
 import enum
-import itertools
-import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple, TypedDict
 
 import msgpack
+
+from zray._private.ids import object_id
 
 
 VERSION = 2
@@ -57,9 +57,6 @@ CHUNK_WINDOW = 4                # chunk requests in flight per object pulled
 #: The head's PUB topics: the frame in front of each PUB message's header.
 TOPIC_NODE = b"node"            # PUB_NODE
 TOPIC_OBJECT = b"obj"           # PUB_OBJECT
-
-ID_SIZE = 16
-OBJECT_ID_SIZE = ID_SIZE + 4
 
 
 class Op(enum.IntEnum):
@@ -582,50 +579,3 @@ def unpack_batch(body: dict, raw: Sequence[Any]) -> List[Tuple[dict, Sequence[An
     if pos != len(raw):
         raise ProtocolError(f"a batch counts {pos} frames but came with {len(raw)}")
     return items
-
-
-# ---------------------------------------------------------------------- IDs
-_id_prefix = os.urandom(ID_SIZE - 8)
-_id_counter = itertools.count(1)
-
-
-def _reset_ids() -> None:
-    global _id_prefix, _id_counter
-    _id_prefix = os.urandom(ID_SIZE - 8)
-    _id_counter = itertools.count(1)
-
-
-os.register_at_fork(after_in_child=_reset_ids)
-
-
-def new_id() -> bytes:
-    """A unique ID: a random per-process prefix and a counter (urandom per ID is slow)."""
-    return _id_prefix + next(_id_counter).to_bytes(8, "big")
-
-
-def object_id(task_id: bytes, index: int) -> bytes:
-    """The ID of a task's ``index``-th return: known before the task is sent."""
-    return task_id + index.to_bytes(4, "big")
-
-
-def task_of(oid: bytes) -> bytes:
-    return oid[:ID_SIZE]
-
-
-def align(n: int, alignment: int = 64) -> int:
-    return (n + alignment - 1) // alignment * alignment
-
-
-def layout(lengths: Sequence[int], alignment: int = 64) -> Tuple[Layout, int]:
-    """Place segments one after another, each starting aligned.
-
-    Returns ``([[offset, length], ...], total)``; the same layout is used for
-    inline frames and for arena space, so readers treat both alike.
-    """
-    segments = []
-    cursor = 0
-    for length in lengths:
-        cursor = align(cursor, alignment)
-        segments.append([cursor, length])
-        cursor += length
-    return segments, cursor

@@ -2,7 +2,7 @@
 
 A serialized value is a list of segments: segment 0 is the pickle stream,
 the others are the raw buffers pickle handed out of band (numpy arrays).
-The same layout (see ``protocol.layout``) is used whether the segments travel
+The same layout (see :func:`layout`) is used whether the segments travel
 inline in one message frame or sit in the node's shared-memory arena, so a
 reader rebuilds arrays as read-only views over either, copying nothing.
 
@@ -14,15 +14,33 @@ from __future__ import annotations
 
 import pickle
 import traceback
-from typing import Any, Callable, List, Optional, Sequence
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import cloudpickle
 
 from zray import exceptions
-from zray._private import protocol, state
+from zray._private import state
 
 _PLAIN = (int, float, str, bytes, bool, type(None))
 
+
+def align(n: int, alignment: int = 64) -> int:
+    return (n + alignment - 1) // alignment * alignment
+
+
+def layout(lengths: Sequence[int], alignment: int = 64) -> Tuple[List[List[int]], int]:
+    """Place segments one after another, each starting aligned.
+
+    Returns ``([[offset, length], ...], total)``; the same layout is used for
+    inline frames and for arena space, so readers treat both alike.
+    """
+    segments = []
+    cursor = 0
+    for length in lengths:
+        cursor = align(cursor, alignment)
+        segments.append([cursor, length])
+        cursor += length
+    return segments, cursor
 
 class Serialized:
     """A value in serialized form, before it is placed anywhere."""
@@ -32,7 +50,7 @@ class Serialized:
     def __init__(self, segments: List[Any], contained: List[bytes]) -> None:
         self.segments = segments          # [pickle bytes, raw buffer, ...]
         self.contained = contained        # IDs of refs inside the value
-        self.layout, self.size = protocol.layout([len(s) for s in segments])
+        self.layout, self.size = layout([len(s) for s in segments])
 
     def write_into(self, target: memoryview) -> None:
         for (offset, length), segment in zip(self.layout, self.segments):

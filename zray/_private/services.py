@@ -28,7 +28,7 @@ import tempfile
 import time
 from typing import Dict, List, Optional, Tuple
 
-from zray._private import protocol
+from zray._private import ids, protocol
 
 
 #: Unix socket paths hold 107 bytes; a session adds up to 44 to the root.
@@ -90,7 +90,7 @@ class LocalSession:
         self.session_dir = tempfile.mkdtemp(prefix="zray_session_", dir=session_root())
         os.chmod(self.session_dir, 0o700)
         os.makedirs(os.path.join(self.session_dir, "logs"))
-        self.node_id = protocol.new_id()
+        self.node_id = ids.new_id()
         self.head_address = f"ipc://{self.session_dir}/zray_head.sock"
         self.pub_address = f"ipc://{self.session_dir}/zray_pub.sock"
         self.agent_address = f"ipc://{self.session_dir}/zray_agent_{self.node_id.hex()[:8]}.sock"
@@ -350,7 +350,7 @@ class ClusterNode:
         self.session_dir = tempfile.mkdtemp(prefix=f"zray_{kind}_", dir=session_root())
         os.chmod(self.session_dir, 0o700)
         os.makedirs(os.path.join(self.session_dir, "logs"))
-        self.node_id = protocol.new_id()
+        self.node_id = ids.new_id()
         self.procs: List[subprocess.Popen] = []
 
     def spawn(self, name: str, module_args: List[str], token: str,

@@ -24,7 +24,7 @@ import logging
 from typing import Any, Callable, Deque, Dict, List, Optional
 
 from zray import exceptions
-from zray._private import protocol
+from zray._private import ids
 from zray._private.agent.tasks import FINISHED, QUEUED, RUNNING, Task
 from zray._private.agent.workers import WorkerRec, WorkerState
 from zray._private.protocol import Op
@@ -59,7 +59,7 @@ class ActorRec:
         self.name: Optional[str] = spec.get("actor_name")
         self.detached = bool(spec.get("detached"))
         self.cause = ""
-        self.anchor = protocol.object_id(spec["task_id"], 0)
+        self.anchor = ids.object_id(spec["task_id"], 0)
         self.killed = False
         self.exiting = False
         self.held: List[bytes] = []   # constructor arguments, kept for restarts

@@ -28,7 +28,7 @@ import sys
 import time
 from typing import Any, Callable, Deque, Dict, List, Optional
 
-from zray._private import protocol
+from zray._private import ids
 from zray._private.protocol import Op
 
 logger = logging.getLogger("zray.node")
@@ -108,7 +108,7 @@ class WorkerPool:
         return proc
 
     def spawn(self) -> None:
-        wid = protocol.new_id()
+        wid = ids.new_id()
         self.workers[wid] = WorkerRec(wid)
         self.starting += 1
         line = f"spawn {wid.hex()}\n".encode()

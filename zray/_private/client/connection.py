@@ -21,7 +21,7 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from zray import exceptions
-from zray._private import protocol, serialization
+from zray._private import ids, protocol, serialization
 from zray._private.client.arguments import encode_args
 from zray._private.client.objects import Descriptor, ObjectCache, PinEntry
 from zray._private.client.transport import ConnectionLost, Handler, Transport
@@ -39,9 +39,9 @@ class Client:
     def __init__(self, agent_address: str, kind: str, *, identity: Optional[bytes] = None,
                  job_id: Optional[bytes] = None, agent_pid: Optional[int] = None) -> None:
         self.kind = kind                          # "driver" or "worker"
-        self.identity = identity or protocol.new_id()
+        self.identity = identity or ids.new_id()
         self.agent_address = agent_address
-        self.job_id = job_id or protocol.new_id()
+        self.job_id = job_id or ids.new_id()
         self.arena: Any = None
         #: Called before a blocking get/wait; returns what to call after it (or None).
         self.wait_hook: Optional[Callable[[], Optional[Callable[[], None]]]] = None
@@ -212,7 +212,7 @@ class Client:
 
     def put_new(self, ser: serialization.Serialized) -> ObjectRef:
         """Store a serialized value as a new object; returns the ref to it."""
-        oid = protocol.object_id(protocol.new_id(), 0)
+        oid = ids.object_id(ids.new_id(), 0)
         ref = ObjectRef(oid, _held=True)
         self.put_serialized(ser, oid)
         return ref
