@@ -3,23 +3,14 @@ keeps its own node working meanwhile, and sees the head come back."""
 
 import os
 import signal
-import time
 
 import pytest
+from waiting import eventually
 
 import zray
 from zray._private import protocol, state
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def eventually(condition, within: float) -> bool:
-    deadline = time.monotonic() + within
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 @zray.remote

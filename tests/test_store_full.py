@@ -1,10 +1,10 @@
 """A small object store: bounded use, spilling, and clear errors when full."""
 
 import gc
-import time
 
 import numpy as np
 import pytest
+from waiting import eventually
 
 import zray
 from zray import exceptions
@@ -25,16 +25,6 @@ def cluster():
 def store_stats() -> dict:
     """The agent's store: ``used`` and ``capacity`` bytes, ``objects``, ``spilled`` bytes."""
     return state.client.query("store")
-
-
-def eventually(condition, within: float = 10.0) -> bool:
-    """Whether ``condition()`` comes true before ``within`` seconds pass."""
-    deadline = time.monotonic() + within
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 def test_put_and_drop_keeps_store_bounded():
