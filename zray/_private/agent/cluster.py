@@ -244,9 +244,7 @@ class ClusterLink:
         self.tasks.adopt(task)
         self.job_origins[task.job] = task.origin
         for oid in task.returns:
-            obj = self.objects.ensure(oid)
-            obj.refs += 1
-            obj.held_for = task.origin
+            self.objects.hold_for_node(oid, task.origin)
         self.take_args(task, body.get("inline", {}), body.get("locations", {}), raw)
         if task.is_actor_task:
             why = self.actors.admit(task, True)
@@ -269,10 +267,9 @@ class ClusterLink:
     def take_args(self, task: Task, inline: dict, located: dict, raw) -> None:
         """A forwarded task's arguments: small ones came with it, large ones are elsewhere."""
         for oid in (*task.deps, *task.spec.get("contained", ())):
-            obj = self.objects.get(oid)
-            known = obj is not None
+            known = self.objects.get(oid) is not None
             obj = self.objects.ensure(oid)
-            obj.refs += 1  # before sealing: a sealed object nobody holds is freed at once
+            self.objects.incref(oid)  # before sealing: a sealed object nobody holds is freed
             task.held.append(oid)
             if known:
                 continue
