@@ -125,7 +125,9 @@ def test_head_ops_carry_readable_fields():
     assert set(protocol.TaskUnplaceable.__annotations__) == {"task_id", "message"}
     assert set(protocol.ObjectsFreed.__annotations__) == {"node_id", "object_ids"}
     assert set(protocol.KillActor.__annotations__) == {"actor_id", "no_restart"}
-    assert set(protocol.HeadQuery.__annotations__) == {"req", "what"}
+    assert set(protocol.HeadQuery.__annotations__) == {
+        "req", "what", "namespace", "name", "all_namespaces", "actor_id", "anchor", "meta",
+        "get_if_exists", "node_id"}
     assert protocol.HEARTBEAT_INTERVAL > 0 and protocol.HEARTBEAT_LIVENESS >= 2
 
 

@@ -174,7 +174,10 @@ class TaskSpec(TypedDict, total=False):
     is_async: bool
     class_name: str
     actor_name: str
+    namespace: str              # the actor's (a name's) namespace; absent: the job's own
     detached: bool
+    retry_exceptions: Any       # True, or pickled exception types: retried when raised
+    scheduling_strategy: list   # ["SPREAD"] or ["NODE", node_id, soft]; absent: default
 
 
 _TASK_FIELDS = frozenset(TaskSpec.__annotations__)
@@ -272,6 +275,7 @@ class TaskDone(TypedDict, total=False):
     results: List[Descriptor]
     error: str           # "Type: message" when it raised; "" otherwise
     run_seconds: float   # how long the function ran (the agent sends quick ones ahead)
+    retryable: bool      # it raised an exception its retry_exceptions names: run it again
 
 
 class Log(TypedDict, total=False):
@@ -290,16 +294,23 @@ class Cancel(TypedDict):
 
 class Query(TypedDict, total=False):
     req: int
-    what: str            # resources, nodes, errors, actor, scheduler, store, head
+    what: str            # resources, nodes, errors, actor, named_actors, scheduler, store, head
     name: str            # for "actor"
+    namespace: str       # for "actor" and "named_actors"
+    all_namespaces: bool  # for "named_actors"
 
 
-class ReserveName(TypedDict):
+class ReserveName(TypedDict, total=False):
+    """Answered by NAME_RESERVED: ``{req}`` when the name is now this actor's, or
+    ``{req, existing}`` (the entry of the actor holding it) with ``get_if_exists``;
+    an ERROR when the name is taken."""
     req: int
+    namespace: str
     name: str
     actor_id: bytes
     anchor: bytes        # the creation task's result, which counts the handles
     meta: dict           # what a handle needs: class name, methods
+    get_if_exists: bool
 
 
 class Kill(TypedDict):
@@ -401,9 +412,12 @@ class Registered(TypedDict):
     pub_address: str
 
 
-class HeadQuery(TypedDict, total=False):
-    req: int
-    what: str                # nodes, status, snapshot
+class HeadQuery(ReserveName, total=False):
+    """Also the cluster's actor names: ``claim_name`` (ReserveName's fields and the
+    claiming ``node_id``), ``release_name``, ``actor`` and ``named_actors``."""
+    what: str                # nodes, status, snapshot, claim_name, release_name, actor, ...
+    all_namespaces: bool
+    node_id: bytes
 
 
 class HeadReply(TypedDict, total=False):
@@ -416,6 +430,9 @@ class HeadReply(TypedDict, total=False):
     forwarded: int
     objects_across_nodes: int
     head_pid: int
+    entry: dict              # actor / claim_name: {namespace, name, actor_id, anchor, meta}
+    existing: bool           # claim_name: the entry is another actor's (get_if_exists)
+    actors: List[dict]       # named_actors: [{namespace, name}]
 
 
 class Forward(TypedDict, total=False):
