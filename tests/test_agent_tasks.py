@@ -161,3 +161,17 @@ def test_a_task_no_node_can_run_waits_and_its_driver_is_warned(agent):
     assert agent.dispatcher.queued() == 0
     assert agent.tasks.get(impossible["task_id"]) is None or \
         agent.tasks.get(impossible["task_id"]).state is FINISHED
+
+
+def test_a_failure_its_task_retries_on_runs_it_again_while_retries_are_left(agent):
+    wid = add_worker(agent, 100)
+    flaky = spec("flaky", max_retries=1)
+    [r] = submit(agent, flaky)
+    failure = pickle.dumps(ValueError("flaky"))
+    result = {"object_id": r, "kind": protocol.ObjectKind.ERROR, "layout": [], "frame": 0}
+    for _ in range(2):
+        agent.on_task_done(wid, {"task_id": flaky["task_id"], "results": [result],
+                                 "error": "ValueError: flaky", "retryable": True}, [failure])
+        agent.dispatch()
+    assert executed(agent, wid) == [flaky["task_id"]] * 2  # ran twice: one retry
+    assert bytes(results_for(agent)[r][1]) == failure     # then the failure stands

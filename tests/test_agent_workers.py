@@ -5,7 +5,7 @@ import pickle
 
 import pytest
 
-from agent_parts import (DRIVER, add_worker, done, export, make_agent, results_for, sent,
+from agent_parts import (DRIVER, NODE, add_worker, done, export, make_agent, results_for, sent,
                          spec, submit)
 from zray import exceptions
 from zray._private import ids
@@ -73,7 +73,7 @@ def start_actor(agent, wid, **options):
 
 
 def call(name):
-    body = spec(name, actor_id=b"A" * 16, method="inc")
+    body = spec(name, actor_id=b"A" * 16, method="inc", max_retries=0)
     body["function_id"] = b""
     body["resources"] = {}
     return body
@@ -124,10 +124,55 @@ def test_an_actor_is_retired_when_its_last_handle_is_gone(agent):
     assert agent.resources.available == agent.resources.total
 
 
-def test_actor_names_are_unique_until_the_actor_dies(agent):
-    body = {"req": 1, "name": "counter", "actor_id": b"A" * 16, "anchor": b"x", "meta": {}}
+def test_names_are_claimed_at_the_head_and_the_answer_goes_to_the_caller(agent):
+    body = {"req": 1, "namespace": "app", "name": "counter", "actor_id": b"A" * 16,
+            "anchor": b"x", "meta": {}, "get_if_exists": False}
     agent.actors.on_reserve_name(DRIVER, body, [])
+    op, claim, _ = agent.wire.to_head[-1]
+    assert op == Op.HEAD_QUERY and claim["what"] == "claim_name"
+    assert (claim["namespace"], claim["name"], claim["node_id"]) == ("app", "counter", NODE)
+    agent.head.on_head_reply({"req": claim["req"], "entry": {}, "existing": False}, [])
     assert sent(agent, Op.NAME_RESERVED, DRIVER) == [{"req": 1}]
-    with pytest.raises(ValueError, match="already exists"):
-        agent.actors.on_reserve_name(DRIVER, dict(body, req=2), [])
-    assert agent.actors.lookup("counter")["actor_id"] == b"A" * 16
+    agent.actors.on_reserve_name(DRIVER, dict(body, req=2), [])
+    taken = agent.wire.to_head[-1][1]
+    agent.head.on_head_reply({"req": taken["req"], "error": "an actor named 'counter' ..."}, [])
+    error = sent(agent, Op.ERROR, DRIVER)[-1]
+    assert error["req"] == 2 and error["error_type"] == "ValueError"
+
+
+def test_a_name_question_to_a_silent_head_is_answered_with_an_error(agent):
+    agent.head.silent = True
+    agent.on_query(DRIVER, {"req": 5, "what": "actor", "name": "x", "namespace": "app"}, [])
+    error = sent(agent, Op.ERROR, DRIVER)[-1]
+    assert error["req"] == 5 and "head does not answer" in error["message"]
+
+
+def test_a_named_actor_that_dies_releases_its_name(agent):
+    wid = add_worker(agent, 300)
+    start_actor(agent, wid, actor_name="counter", namespace="app")
+    agent.actors.kill(b"A" * 16, True, from_head=False, reason="it exited on purpose")
+    agent.workers.template.report("exited 300 signal-9")
+    agent.workers.read_template()
+    releases = [body for op, body, _ in agent.wire.to_head if body.get("what") == "release_name"]
+    assert releases == [{"what": "release_name", "namespace": "app", "name": "counter",
+                         "actor_id": b"A" * 16, "req": releases[0]["req"]}]
+    assert agent.actors.actors[b"A" * 16].cause == "it exited on purpose"
+
+
+def test_calls_with_retries_left_run_again_on_the_restarted_actor(agent):
+    wid = add_worker(agent, 300)
+    start_actor(agent, wid, max_restarts=1)
+    retried, failed = call("retried"), call("failed")
+    retried["max_retries"] = 1
+    submit(agent, retried, failed)
+    agent.workers.template.report("exited 300 signal-9")
+    agent.workers.read_template()
+    assert isinstance(pickle.loads(results_for(agent)[
+        ids.object_id(failed["task_id"], 0)][1]), exceptions.ActorDiedError)
+    fresh = add_worker(agent, 301)
+    agent.dispatch()
+    creation = sent(agent, Op.EXECUTE, fresh)[-1]["task"]
+    done(agent, fresh, creation["task_id"])
+    assert sent(agent, Op.EXECUTE, fresh)[-1]["task"]["task_id"] == retried["task_id"]
+    done(agent, fresh, retried["task_id"], b"ok")
+    assert bytes(results_for(agent)[ids.object_id(retried["task_id"], 0)][1]) == b"ok"

@@ -311,3 +311,42 @@ def test_head_answers_what_it_cannot_serve_with_an_error(rig, frames, fragment):
     a.send(Op.HEAD_QUERY, {"req": 6, "what": "status"})  # and it still serves
     status = a.expect(Op.HEAD_REPLY)
     assert status["req"] == 6 and status["unplaced"] == [] and status["head_pid"] == os.getpid()
+
+
+def test_actor_names_are_the_clusters_and_go_with_their_node(rig):
+    a, b = rig.peer(b"a"), rig.peer(b"b")
+    a.register({"CPU": 1.0})
+    b.register({"CPU": 1.0})
+    claim = {"what": "claim_name", "namespace": "app", "name": "counter", "actor_id": b"A",
+             "anchor": b"anchor", "meta": {"class_name": "C"}, "node_id": a.node_id}
+    a.send(Op.HEAD_QUERY, dict(claim, req=1))
+    assert a.expect(Op.HEAD_REPLY)["existing"] is False
+    b.send(Op.HEAD_QUERY, dict(claim, req=2, actor_id=b"B", node_id=b.node_id))
+    assert "already exists" in b.expect(Op.HEAD_REPLY)["error"]
+    b.send(Op.HEAD_QUERY, dict(claim, req=3, actor_id=b"B", get_if_exists=True))
+    reply = b.expect(Op.HEAD_REPLY)
+    assert reply["existing"] is True and reply["entry"]["actor_id"] == b"A"
+    b.send(Op.HEAD_QUERY, {"req": 4, "what": "actor", "namespace": "app", "name": "counter"})
+    assert b.expect(Op.HEAD_REPLY)["entry"]["anchor"] == b"anchor"
+    b.send(Op.HEAD_QUERY, {"req": 5, "what": "named_actors", "all_namespaces": True})
+    assert b.expect(Op.HEAD_REPLY)["actors"] == [{"namespace": "app", "name": "counter"}]
+    rig.head.nodes[a.node_id].last_seen -= 60
+    rig.head.purge_expired()
+    b.send(Op.HEAD_QUERY, {"req": 6, "what": "actor", "namespace": "app", "name": "counter"})
+    assert "no live actor" in b.expect(Op.HEAD_REPLY)["error"]
+
+
+def test_a_spread_task_and_a_pinned_task_land_where_their_strategy_says(rig):
+    a, b = rig.peer(b"a"), rig.peer(b"b")
+    a.register({"CPU": 2.0})
+    b.register({"CPU": 2.0})
+    pinned = forward(a, scheduling_strategy=["NODE", b.node_id, False], name="pinned")
+    assert b.expect(Op.FORWARD)["task"]["task_id"] == pinned["task_id"]
+    for i in range(2):
+        forward(a, scheduling_strategy=["SPREAD"], name=f"spread{i}")
+    got = [a.expect(Op.FORWARD)["task"]["name"], b.expect(Op.FORWARD)["task"]["name"]]
+    assert sorted(got) == ["spread0", "spread1"] and a.quiet() and b.quiet()  # one each
+    gone = forward(a, scheduling_strategy=["NODE", b"nowhere".ljust(16, b"."), False])
+    failed = a.expect(Op.TASK_FAILED)
+    assert failed["task_id"] == gone["task_id"]
+    assert failed["error_type"] == "TaskUnschedulableError"

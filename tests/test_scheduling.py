@@ -9,7 +9,9 @@ from zray._private.scheduling import (
     UNIT,
     GpuPool,
     NodeLoad,
+    Unschedulable,
     acquire,
+    choose_by_strategy,
     choose_node,
     fits,
     from_units,
@@ -270,3 +272,39 @@ def test_spill_prefers_locality_then_load():
     assert should_spill(local, others, ONE_CPU) == b"c"
     others = [node("b", 4, 4), node("c", 4, 1)]
     assert should_spill(local, others, ONE_CPU) == b"b"
+
+
+# --------------------------------------------------------------------- strategies
+
+def _nodes():
+    return [NodeLoad(b"a", to_units({"CPU": 2}), to_units({"CPU": 2})),
+            NodeLoad(b"b", to_units({"CPU": 2}), to_units({"CPU": 1})),
+            NodeLoad(b"c", to_units({"CPU": 1}), to_units({"CPU": 1}), alive=False)]
+
+
+def test_node_affinity_goes_to_its_node_even_when_another_is_idler():
+    assert choose_by_strategy(_nodes(), to_units({"CPU": 1}), ["NODE", b"b", False], {}) == b"b"
+
+
+def test_hard_affinity_to_a_dead_or_too_small_node_is_unschedulable():
+    with pytest.raises(Unschedulable, match="not soft"):
+        choose_by_strategy(_nodes(), to_units({"CPU": 1}), ["NODE", b"c", False], {})
+    with pytest.raises(Unschedulable):
+        choose_by_strategy(_nodes(), to_units({"CPU": 4}), ["NODE", b"a", False], {})
+
+
+def test_soft_affinity_to_a_dead_node_is_placed_as_usual():
+    assert choose_by_strategy(_nodes(), to_units({"CPU": 1}), ["NODE", b"c", True], {}) == b"a"
+
+
+def test_spread_takes_turns_over_the_alive_nodes():
+    counts: dict = {}
+    picks = [choose_by_strategy(_nodes(), to_units({"CPU": 1}), ["SPREAD"], counts)
+             for _ in range(4)]
+    assert sorted(picks) == [b"a", b"a", b"b", b"b"] and counts == {b"a": 2, b"b": 2}
+
+
+def test_no_strategy_is_the_default_placement():
+    nodes = _nodes()
+    assert choose_by_strategy(nodes, to_units({"CPU": 1}), None, {}) == \
+        choose_node(nodes, to_units({"CPU": 1}))

@@ -36,6 +36,7 @@ from typing import Any, Dict, Iterable, List, Optional, Set
 import zmq
 
 from zray._private import protocol, scheduling
+from zray._private.names import ActorNames
 from zray._private.protocol import ObjectKind, Op
 
 logger = logging.getLogger("zray.head")
@@ -177,6 +178,8 @@ class Head:
         self.unplaced: List[Placed] = []        # no alive node could ever run them
         self.actors: Dict[bytes, bytes] = {}    # actor id -> node id
         self.directory = Directory()
+        self.names = ActorNames()
+        self.spread_counts: Dict[bytes, int] = {}   # SPREAD tasks given to each node
         self.seq = 0
         self.running = True
         self.starter_fd = -1      # a pipe to the process that started us (see main)
@@ -362,6 +365,8 @@ class Head:
         logger.warning("node %s missed %d heartbeats: marked dead", node.node_id.hex()[:8],
                        protocol.HEARTBEAT_LIVENESS)
         self.directory.drop_node(node.node_id)
+        self.names.drop_node(node.node_id, {aid for aid, where in self.actors.items()
+                                            if where == node.node_id})
         self.publish(protocol.TOPIC_NODE, Op.PUB_NODE, {"event": "died", "node_id": node.node_id})
         why = f"node {node.node_id.hex()[:8]} ({node.info.get('ip')}) died"
         for aid, where in list(self.actors.items()):
@@ -406,7 +411,14 @@ class Head:
         exclude = placed.body.get("exclude_node")
         views = [n.load_view(locality.get(n.node_id, 0)) for n in self.nodes.values()
                  if n.node_id != exclude]
-        target = scheduling.choose_node(views, placed.demand)
+        try:
+            target = scheduling.choose_by_strategy(
+                views, placed.demand, placed.task.get("scheduling_strategy"), self.spread_counts)
+        except scheduling.Unschedulable as exc:
+            kind = "Actor" if placed.task.get("new_actor") else "Task"
+            self.fail(placed, f"{kind}UnschedulableError", f"{placed.name} cannot be "
+                      f"scheduled: {exc}")
+            return
         if target is None and exclude is not None and exclude in self.nodes:
             target = scheduling.choose_node([self.nodes[exclude].load_view()], placed.demand)
         if target is None:
@@ -474,6 +486,11 @@ class Head:
     # ------------------------------------------------------------------ queries
     def on_head_query(self, ident: bytes, body: protocol.HeadQuery, raw) -> None:
         what = body.get("what", "nodes")
+        if what in NAME_QUERIES:
+            reply = self.answer_names(what, body)
+            if reply is not None:
+                self.reply(ident, Op.HEAD_REPLY, reply)
+            return
         reply: protocol.HeadReply = {"req": body.get("req", 0), "nodes": self.table()}
         if what == "status":
             reply["unplaced"] = [p.name for p in self.unplaced]
@@ -486,6 +503,32 @@ class Head:
         elif what != "nodes":
             raise ValueError(f"unknown query {what!r}")
         self.reply(ident, Op.HEAD_REPLY, reply)
+
+
+    def answer_names(self, what: str, body: protocol.HeadQuery) -> Optional[protocol.HeadReply]:
+        """The cluster's actor names (see names.ActorNames); None: nothing to answer."""
+        reply: protocol.HeadReply = {"req": body.get("req", 0)}
+        namespace = body.get("namespace", "")
+        try:
+            if what == "claim_name":
+                entry = {"actor_id": body["actor_id"], "anchor": body["anchor"],
+                         "meta": body.get("meta", {}), "node_id": body.get("node_id", b"")}
+                reply["entry"], reply["existing"] = self.names.claim(
+                    namespace, body["name"], entry, bool(body.get("get_if_exists")))
+            elif what == "release_name":
+                self.names.release(namespace, body["name"], body["actor_id"])
+                return None
+            elif what == "actor":
+                reply["entry"] = self.names.lookup(namespace, body["name"])
+            else:
+                reply["actors"] = self.names.listing(
+                    None if body.get("all_namespaces") else namespace)
+        except ValueError as exc:
+            reply["error"] = str(exc)
+        return reply
+
+
+NAME_QUERIES = ("claim_name", "release_name", "actor", "named_actors")
 
 
 def main(argv: Optional[List[str]] = None) -> None:

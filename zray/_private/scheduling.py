@@ -281,3 +281,43 @@ def should_spill(
     if not ready:
         return None
     return min(ready, key=lambda node: _rank(node, None)).node_id
+
+
+class Unschedulable(Exception):
+    """A task's scheduling strategy names a placement no alive node can honour."""
+
+
+def choose_by_strategy(
+    nodes: Sequence[NodeLoad],
+    demand: Mapping[str, int],
+    strategy: Sequence[Any] | None,
+    spread_counts: dict[bytes, int],
+    *,
+    prefer: bytes | None = None,
+) -> bytes | None:
+    """The node for a task placed by a scheduling strategy (None: wait for one).
+
+    ``["NODE", node_id, soft]`` runs it on that node if it is alive and could
+    ever run it; otherwise a soft affinity is placed as usual and a hard one
+    raises Unschedulable.  ``["SPREAD"]`` goes to the feasible node that has
+    been given the fewest spread tasks so far (``spread_counts``, updated
+    here), the least loaded first among equals.  Anything else: choose_node.
+    """
+    kind = strategy[0] if strategy else "DEFAULT"
+    if kind == "NODE":
+        target = next((n for n in nodes if n.node_id == strategy[1]), None)
+        if target is not None and target.alive and fits(target.total, demand):
+            return target.node_id
+        if not strategy[2]:
+            raise Unschedulable(
+                f"node {bytes(strategy[1]).hex()[:8]} is not alive, or cannot run a task "
+                f"needing {from_units(demand)}, and its node affinity is not soft")
+    elif kind == "SPREAD":
+        feasible = [n for n in nodes if n.alive and fits(n.total, demand)]
+        if not feasible:
+            return None
+        best = min(feasible, key=lambda n: (spread_counts.get(n.node_id, 0),
+                                            -_cpu_free_fraction(n), n.queued, n.node_id))
+        spread_counts[best.node_id] = spread_counts.get(best.node_id, 0) + 1
+        return best.node_id
+    return choose_node(nodes, demand, prefer=prefer)

@@ -24,9 +24,10 @@ import logging
 from typing import Any, Callable, Deque, Dict, List, Optional
 
 from zray import exceptions
-from zray._private import ids
+from zray._private import ids, protocol
 from zray._private.agent.tasks import FINISHED, QUEUED, RUNNING, Task
 from zray._private.agent.workers import WorkerRec, WorkerState
+from zray._private.names import anonymous_namespace
 from zray._private.protocol import Op
 
 logger = logging.getLogger("zray.node")
@@ -43,8 +44,8 @@ class ActorRec:
     """An actor on this node: its worker, its calls in order, and its fate."""
 
     __slots__ = ("aid", "spec", "owner", "worker", "state", "queue", "inflight",
-                 "restarts_left", "name", "detached", "cause", "anchor", "killed", "exiting",
-                 "held")
+                 "restarts_left", "name", "namespace", "detached", "cause", "anchor", "killed",
+                 "exiting", "held")
 
     def __init__(self, spec: dict, owner: bytes) -> None:
         self.aid: bytes = spec["actor_id"]
@@ -57,6 +58,8 @@ class ActorRec:
         restarts = int(spec.get("max_restarts", 0))
         self.restarts_left = restarts if restarts >= 0 else 1 << 62
         self.name: Optional[str] = spec.get("actor_name")
+        self.namespace: str = spec.get("namespace") or \
+            anonymous_namespace(spec.get("job_id", b""))
         self.detached = bool(spec.get("detached"))
         self.cause = ""
         self.anchor = ids.object_id(spec["task_id"], 0)
@@ -67,7 +70,7 @@ class ActorRec:
 
 class ActorTable:
     def __init__(self, tasks: Any, objects: Any, workers: Any, dispatcher: Any,
-                 wire: Any) -> None:
+                 wire: Any, node_id: bytes = b"") -> None:
         self.tasks = tasks
         self.objects = objects
         self.workers = workers
@@ -75,10 +78,12 @@ class ActorTable:
         self.wire = wire
         self.actors: Dict[bytes, ActorRec] = {}
         self.anchors: Dict[bytes, ActorRec] = {}
-        self.names: Dict[str, dict] = {}
         self.remote: set = set()               # placed on other nodes by the head
         self.to_pump: Dict[bytes, ActorRec] = {}  # actors with new ready calls
-        # Set by the agent on a cluster: kill an actor on another node.
+        self.node_id = node_id
+        # Set by the agent: ask the head (names are the cluster's, kept there) ...
+        self.ask_head: Callable[[dict, Callable], None] = lambda body, on_reply: on_reply(None)
+        # ... and, on a cluster, kill an actor on another node.
         self.kill_remote: Optional[Callable[[bytes, bool], None]] = None
 
     # ------------------------------------------------------------------ admission
@@ -119,10 +124,6 @@ class ActorTable:
         self.actors.pop(actor.aid, None)
         self.anchors.pop(actor.anchor, None)
         self.remote.add(actor.aid)
-        if actor.name:
-            entry = self.names.get(actor.name)
-            if entry is not None:
-                entry["remote"] = True
         task.actor = None
 
     def started(self, task: Task, worker: WorkerRec) -> None:
@@ -174,6 +175,12 @@ class ActorTable:
             self.created(worker, actor, task, body, raw)
             return
         actor.inflight.pop(task.tid, None)
+        if body.get("retryable") and task.retries_left > 0:
+            task.retries_left -= 1  # it raised an exception it retries on: run it again
+            task.state = QUEUED
+            actor.queue.appendleft(task)
+            self.pump(actor)
+            return
         self.tasks.seal_results(task, body, raw)
         self.tasks.finish(task)
         if actor.exiting:
@@ -196,9 +203,10 @@ class ActorTable:
 
     # ------------------------------------------------------------------ endings
     def on_kill(self, ident: bytes, body: dict, raw) -> None:
-        self.kill(body["actor_id"], body.get("no_restart", True), from_head=False)
+        self.kill(body["actor_id"], body.get("no_restart", True), from_head=False,
+                  reason=body.get("reason", ""))
 
-    def kill(self, aid: bytes, no_restart: bool, from_head: bool) -> None:
+    def kill(self, aid: bytes, no_restart: bool, from_head: bool, reason: str = "") -> None:
         actor = self.actors.get(aid)
         if actor is None and not from_head and self.kill_remote is not None:
             self.kill_remote(aid, no_restart)
@@ -207,7 +215,7 @@ class ActorTable:
             return
         if no_restart:
             actor.killed = True
-            actor.cause = "the actor was killed by zray.kill()"
+            actor.cause = reason or "the actor was killed by zray.kill()"
         if actor.worker is not None and actor.worker.pid:
             self.workers.kill(actor.worker)
         elif actor.killed:
@@ -239,12 +247,21 @@ class ActorTable:
         actor.worker = None
         inflight, actor.inflight = actor.inflight, {}
         why = actor.cause or f"the actor's worker (pid {worker.pid}) died ({status})"
+        restarting = not actor.killed and actor.restarts_left > 0
+        again = []
         for task in inflight.values():
-            self.tasks.finish_with_error(task, exceptions.ActorDiedError(
-                f"{task.name} did not finish: {why}"))
+            if restarting and task.retries_left > 0:
+                task.retries_left -= 1  # max_task_retries: runs on the restarted actor
+                task.state = QUEUED
+                task.worker = None
+                again.append(task)
+            else:
+                self.tasks.finish_with_error(task, exceptions.ActorDiedError(
+                    f"{task.name} did not finish: {why}"))
+        actor.queue.extendleft(reversed(again))
         creating = worker.task
         worker.task = None
-        if not actor.killed and actor.restarts_left > 0:
+        if restarting:
             actor.restarts_left -= 1
             actor.state = ActorState.RESTARTING
             restart = Task(actor.spec, actor.owner)
@@ -260,8 +277,9 @@ class ActorTable:
     def dead(self, actor: ActorRec) -> None:
         actor.state = ActorState.DEAD
         self.anchors.pop(actor.anchor, None)
-        if actor.name and self.names.get(actor.name, {}).get("actor_id") == actor.aid:
-            del self.names[actor.name]
+        if actor.name:
+            self.ask_head({"what": "release_name", "namespace": actor.namespace,
+                           "name": actor.name, "actor_id": actor.aid}, lambda reply: None)
         queued, actor.queue = actor.queue, collections.deque()
         for task in queued:
             if task.state is not FINISHED:
@@ -277,19 +295,54 @@ class ActorTable:
 
     # ------------------------------------------------------------------ names
     def on_reserve_name(self, ident: bytes, body: dict, raw) -> None:
-        name = body["name"]
-        if name in self.names:
-            raise ValueError(f"an actor named {name!r} already exists; pick another "
-                             f"name or use zray.get_actor({name!r})")
-        self.names[name] = {"actor_id": body["actor_id"], "meta": body["meta"],
-                            "anchor": body["anchor"]}
-        self.wire.send(ident, Op.NAME_RESERVED, {"req": body.get("req", 0)})
+        """Claim a name at the head (names are the cluster's) and answer when it says."""
+        req = body.get("req", 0)
+        claim = {"what": "claim_name", "namespace": body.get("namespace", ""),
+                 "name": body["name"], "actor_id": body["actor_id"], "anchor": body["anchor"],
+                 "meta": body.get("meta", {}), "get_if_exists": bool(body.get("get_if_exists")),
+                 "node_id": self.node_id}
 
-    def lookup(self, name: str) -> dict:
-        entry = self.names.get(name)
-        if entry is None:
-            raise ValueError(f"no live actor is named {name!r}")
-        return entry
+        def answered(reply: Optional[dict]) -> None:
+            if self.refused(ident, req, reply):
+                return
+            answer = {"req": req}
+            if reply.get("existing"):
+                answer["existing"] = reply["entry"]
+            self.wire.send(ident, Op.NAME_RESERVED, answer)
+
+        self.ask_head(claim, answered)
+
+    def look_up(self, ident: bytes, body: dict) -> None:
+        """QUERY "actor" (one name) or "named_actors" (a listing), asked of the head."""
+        req = body.get("req", 0)
+        what = body.get("what")
+        question = {"what": what, "namespace": body.get("namespace", ""),
+                    "name": body.get("name", ""),
+                    "all_namespaces": bool(body.get("all_namespaces"))}
+
+        def answered(reply: Optional[dict]) -> None:
+            if self.refused(ident, req, reply):
+                return
+            answer = {"req": req}
+            if what == "actor":
+                answer.update(reply["entry"])
+            else:
+                answer["actors"] = reply.get("actors", [])
+            self.wire.send(ident, Op.QUERY_REPLY, answer)
+
+        self.ask_head(question, answered)
+
+    def refused(self, ident: bytes, req: int, reply: Optional[dict]) -> bool:
+        """Answer an ERROR if the head did not answer or said no; True if so."""
+        if reply is None:
+            exc: Exception = exceptions.ZrayError(
+                "the zray head does not answer, and actor names are kept there")
+        elif reply.get("error"):
+            exc = ValueError(reply["error"])
+        else:
+            return False
+        self.wire.send(ident, Op.ERROR, protocol.error_body(req, exc))
+        return True
 
     def is_anchor(self, oid: bytes) -> bool:
         return oid in self.anchors

@@ -49,9 +49,12 @@ class HeadLink:
         self.last_heard = time.monotonic()
         self.next_beat = 0.0
         self.silent = False
+        self.next_req = 0
+        self.pending: Dict[int, Callable[[Optional[dict]], None]] = {}  # req -> on_reply
         # Listeners, set by the agent on a cluster.
         self.on_registered: Callable[[dict], None] = lambda body: None
         self.on_node_died: Callable[[bytes], None] = lambda node_id: None
+        self.on_other_reply: Callable[[dict, Any], None] = lambda body, raw: None
 
     def start(self, now: float) -> None:
         self.last_heard = now
@@ -72,6 +75,29 @@ class HeadLink:
             logger.warning(message)
             for job in list(self.wire.drivers):
                 self.wire.tell_driver(job, Op.WARN, {"message": message})
+            pending, self.pending = self.pending, {}
+            for on_reply in pending.values():
+                on_reply(None)  # nobody waits on a silent head
+
+    def request(self, body: dict, on_reply: Callable[[Optional[dict]], None]) -> None:
+        """Ask the head (HEAD_QUERY); ``on_reply`` gets its HEAD_REPLY, or None if
+        the head is silent."""
+        if self.silent:
+            on_reply(None)
+            return
+        self.next_req += 1
+        body["req"] = self.next_req
+        self.pending[self.next_req] = on_reply
+        if not self.wire.send_head(Op.HEAD_QUERY, body):
+            del self.pending[self.next_req]
+            on_reply(None)
+
+    def on_head_reply(self, body: dict, raw) -> None:
+        on_reply = self.pending.pop(body.get("req", 0), None)
+        if on_reply is not None:
+            on_reply(body)
+        else:
+            self.on_other_reply(body, raw)
 
     def heard(self, now: float) -> None:
         """Any message from the head: it is alive."""

@@ -294,10 +294,16 @@ class Dispatcher:
                 self.workers.retire(worker)
             else:
                 self.workers.make_idle(worker)
-        if task.cancelled:
+        retry = body.get("retryable") and task.retries_left > 0 and not task.cancelled
+        if task.cancelled or retry:
             for result in results:
                 if result.get("kind") == ObjectKind.SHARED:
                     self.objects.free_space(result["offset"])
+        if retry:
+            task.retries_left -= 1  # it raised an exception it retries on: run it again
+            self.tasks.requeue(task)
+            return
+        if task.cancelled:
             self.tasks.finish_with_error(task, exceptions.TaskCancelledError(
                 f"task {task.name} was cancelled"))
             return

@@ -104,7 +104,7 @@ class Agent:
         self.dispatcher = Dispatcher(self.tasks, self.objects, self.workers, self.resources,
                                      self.wire)
         self.actors = ActorTable(self.tasks, self.objects, self.workers, self.dispatcher,
-                                 self.wire)
+                                 self.wire, node_id)
         self.head = HeadLink(self.wire, self.node_info, self.load_info)
         self.transfer: Optional[Transfer] = None
         self.cluster: Optional[ClusterLink] = None
@@ -137,6 +137,7 @@ class Agent:
         tasks.admit_actor_task = actors.admit
         tasks.call_ready = actors.call_ready
         dispatcher.on_actor_started = actors.started
+        actors.ask_head = self.head.request
         self.workers.on_worker_died = self.worker_died
         self.workers.on_template_restarted = self.watch_template
         cluster = self.cluster
@@ -149,6 +150,7 @@ class Agent:
             actors.kill_remote = cluster.kill_remote
             self.head.on_registered = cluster.registered
             self.head.on_node_died = cluster.node_gone
+            self.head.on_other_reply = cluster.on_head_reply
             cluster.subscribe = self.subscribe
 
     def client_handlers(self) -> dict:
@@ -168,6 +170,7 @@ class Agent:
     def from_head_handlers(self) -> dict:
         handlers = {Op.REGISTERED: self.head.on_registered_msg,
                     Op.HEARTBEAT_ACK: self.head.on_heartbeat_ack,
+                    Op.HEAD_REPLY: self.head.on_head_reply,
                     Op.LOG: lambda body, raw: self.on_log(b"", body, raw)}
         cluster = self.cluster
         if cluster is not None:
@@ -175,7 +178,7 @@ class Agent:
                 Op.FORWARD: cluster.on_forward, Op.RESULT: cluster.on_result,
                 Op.TASK_FAILED: cluster.on_task_failed,
                 Op.TASK_UNPLACEABLE: cluster.on_task_unplaceable,
-                Op.KILL_ACTOR: cluster.on_kill_actor, Op.HEAD_REPLY: cluster.on_head_reply})
+                Op.KILL_ACTOR: cluster.on_kill_actor})
         return handlers
 
     # ------------------------------------------------------------------ start/stop
@@ -449,8 +452,9 @@ class Agent:
         elif what == "errors":
             client = self.clients.get(ident)
             reply["errors"] = self.tasks.errors_of(client.job if client else b"")
-        elif what == "actor":
-            reply.update(self.actors.lookup(body.get("name", "")))
+        elif what in ("actor", "named_actors"):
+            self.actors.look_up(ident, body)  # the head knows the cluster's names
+            return
         elif what == "scheduler":
             reply.update(self.dispatcher.stats())
         elif what == "store":

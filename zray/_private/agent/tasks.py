@@ -176,6 +176,9 @@ class TaskTable:
         if task.is_actor_task and task.actor is None:
             self.forward(task)  # a call to an actor on another node
             return
+        strategy = task.spec.get("scheduling_strategy")
+        if strategy and task.origin is None and self.placed_by_strategy(task, strategy):
+            return
         missing = self.missing(task)
         if missing and self.forward is not None:
             self.forward(task)  # this node can never run it: the head places it
@@ -187,6 +190,25 @@ class TaskTable:
             self.call_ready(task)
         else:
             self.enqueue(task)
+
+    def placed_by_strategy(self, task: Task, strategy: list) -> bool:
+        """True if the task's scheduling strategy sends it elsewhere (or fails it)."""
+        if strategy[0] == "NODE" and strategy[1] != self.node_id:
+            if self.forward is not None:
+                self.forward(task)  # the head puts it on that node
+                return True
+            if strategy[2]:
+                return False  # soft: this node will do
+            kind = "Actor" if task.creates_actor else "Task"
+            self.finish_with_error(task, exceptions.from_error(
+                f"{kind}UnschedulableError", f"{task.name} cannot be scheduled: node "
+                f"{bytes(strategy[1]).hex()[:8]} is not part of this cluster, and its node "
+                f"affinity is not soft"))
+            return True
+        if strategy[0] == "SPREAD" and self.forward is not None:
+            self.forward(task)  # the head spreads them over the nodes
+            return True
+        return False
 
     def fetch_args(self, task: Task) -> bool:
         """Pull arguments that are on other nodes; True if the task must wait for them."""

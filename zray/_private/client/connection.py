@@ -25,6 +25,7 @@ from zray._private import ids, protocol, serialization
 from zray._private.client.arguments import encode_args
 from zray._private.client.objects import Descriptor, ObjectCache, PinEntry
 from zray._private.client.transport import ConnectionLost, Handler, Transport
+from zray._private.names import anonymous_namespace
 from zray._private.protocol import ObjectKind, Op
 from zray.object_ref import ObjectRef
 
@@ -125,10 +126,17 @@ class Client:
         _, body, _ = self.request(Op.QUERY, {"what": what, **extra})
         return body
 
-    def reserve_name(self, name: str, actor_id: bytes, anchor: bytes, meta: dict) -> None:
-        """Claim ``name`` for an actor about to be created; raises if it is taken."""
-        self.request(Op.RESERVE_NAME, {"name": name, "actor_id": actor_id, "anchor": anchor,
-                                       "meta": meta})
+    def reserve_name(self, name: str, actor_id: bytes, anchor: bytes, meta: dict, *,
+                     namespace: Optional[str] = None,
+                     get_if_exists: bool = False) -> Optional[dict]:
+        """Claim ``name`` in ``namespace`` (None: this job's) for an actor about to be
+        created.  Returns None when the name is now its, or the entry of the actor
+        holding it when ``get_if_exists``; raises ValueError if it is taken."""
+        _, reply, _ = self.request(Op.RESERVE_NAME, {
+            "namespace": namespace or anonymous_namespace(self.job_id), "name": name,
+            "actor_id": actor_id, "anchor": anchor, "meta": meta,
+            "get_if_exists": get_if_exists})
+        return reply.get("existing")
 
     def cancel(self, task_id: bytes, force: bool = False) -> None:
         self.send(_encode(Op.CANCEL, {"task_id": task_id, "force": force}))
