@@ -175,3 +175,16 @@ def test_a_failure_its_task_retries_on_runs_it_again_while_retries_are_left(agen
         agent.dispatch()
     assert executed(agent, wid) == [flaky["task_id"]] * 2  # ran twice: one retry
     assert bytes(results_for(agent)[r][1]) == failure     # then the failure stands
+
+
+def test_on_a_single_node_a_soft_affinity_elsewhere_runs_here_and_a_hard_one_fails(agent):
+    wid = add_worker(agent, 100)
+    elsewhere = b"E" * 16
+    soft = spec("soft", scheduling_strategy=["NODE", elsewhere, True])
+    hard = spec("hard", scheduling_strategy=["NODE", elsewhere, False])
+    here = spec("here", scheduling_strategy=["NODE", agent.node_id, False])
+    [_, h, _] = submit(agent, soft, hard, here)
+    err = error_of(agent, h)
+    assert "not part of this cluster" in str(err) and "not soft" in str(err)
+    done(agent, wid, soft["task_id"])
+    assert executed(agent, wid) == [soft["task_id"], here["task_id"]]
