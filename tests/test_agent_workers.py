@@ -107,7 +107,8 @@ def test_an_actor_whose_worker_dies_restarts_and_its_running_calls_fail(agent):
     assert actor.state is ActorState.RESTARTING and actor.restarts_left == 0
     fresh = add_worker(agent, 301)
     agent.dispatch()
-    assert sent(agent, Op.EXECUTE, fresh)[-1]["task"]["new_actor"]
+    creation = sent(agent, Op.EXECUTE, fresh)[-1]["task"]
+    assert creation["new_actor"] and creation["restart_count"] == 1
 
 
 def test_an_actor_is_retired_when_its_last_handle_is_gone(agent):

@@ -252,7 +252,9 @@ def test_an_error_reply_raises_the_exception_it_names(connected, arena):
     with pytest.raises(ValueError, match="taken"):
         client.reserve_name("taken", b"a" * 16, b"o" * 20, {})
     request = _ops(agent.messages, Op.RESERVE_NAME)[0]
-    assert set(request) == {"req", "name", "actor_id", "anchor", "meta"}
+    assert set(request) == {"req", "namespace", "name", "actor_id", "anchor", "meta",
+                            "get_if_exists"}
+    assert request["namespace"] == "anonymous-" + client.job_id.hex()
 
 
 def test_verbs_put_their_fields_on_the_wire(connected):
@@ -276,9 +278,10 @@ def test_a_worker_blocks_only_while_a_task_runs(tmp_path):
     try:
         client.connect(timeout=10)
         oid = ids.object_id(ids.new_id(), 0)
-        client.wait_objects([oid], 1, timeout=0)
+        client.wait_objects([oid], 1, timeout=0.01)
         worker.current_task = _spec()
-        client.wait_objects([oid], 1, timeout=0)
+        client.wait_objects([oid], 1, timeout=0)  # a mere look: nothing to lend
+        client.wait_objects([oid], 1, timeout=0.01)
         messages = agent.wait_for(lambda m: _ops(m, Op.UNBLOCKED))
         assert [op for op, _, _ in messages if op in (Op.BLOCKED, Op.UNBLOCKED)] == \
             [Op.BLOCKED, Op.UNBLOCKED]

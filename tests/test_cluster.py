@@ -406,6 +406,56 @@ def test_a_second_driver_shares_the_cluster(cluster, tmp_path):
     assert cluster.status()["alive_nodes"] == 3  # that driver's shutdown left the cluster up
 
 
+@zray.remote
+class Tally:
+    def __init__(self):
+        self.n = 0
+
+    def add(self, k=1):
+        self.n += k
+        return self.n
+
+
+def test_actor_names_hold_across_nodes_and_namespaces(cluster):
+    tally = Tally.options(name="tally", namespace="team", resources={"gamma": 1}).remote()
+    assert zray.get(tally.add.remote(), timeout=30) == 1
+
+    @zray.remote(resources={"beta": 1})
+    def use_by_name():
+        # Another node's agent: the name is found at the head.
+        handle = zray.get_actor("tally", namespace="team")
+        return zray.get(handle.add.remote(10))
+
+    assert zray.get(use_by_name.remote(), timeout=30) == 11
+    with pytest.raises(ValueError):
+        zray.get_actor("tally")  # this job's own namespace has no such name
+    again = Tally.options(name="tally", namespace="team", get_if_exists=True).remote()
+    assert zray.get(again.add.remote(), timeout=30) == 12  # the same actor
+    with pytest.raises(ValueError, match="already exists"):
+        Tally.options(name="tally", namespace="team").remote()
+    zray.kill(tally)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            zray.get_actor("tally", namespace="team")
+        except ValueError:
+            break
+        time.sleep(0.05)  # the name goes when the actor's death reaches the head
+    else:
+        pytest.fail("the killed actor's name was never released")
+
+
+def test_tasks_follow_their_scheduling_strategy_across_nodes(cluster):
+    from zray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    target = cluster.nodes["gamma"]
+    pinned = node_of.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+        target, soft=False))
+    assert set(zray.get([pinned.remote() for _ in range(4)], timeout=30)) == {target}
+    spread = node_of.options(scheduling_strategy="SPREAD", num_cpus=0)
+    assert len(set(zray.get([spread.remote() for _ in range(9)], timeout=30))) == 3
+
+
 def test_killed_node_is_detected_and_its_work_redone(cluster, tmp_path):
     started = tmp_path / "started"
     release = tmp_path / "release"
@@ -478,3 +528,4 @@ def test_stop_leaves_nothing_behind(cluster):
                    " ".join(p.info["cmdline"] or []) for p in psutil.process_iter(["cmdline"]))
     out = cluster.zray("status", check=False)
     assert out.returncode != 0 and "no zray node" in out.stderr
+

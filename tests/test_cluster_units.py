@@ -123,6 +123,14 @@ def test_status_text_reads_at_a_glance():
     assert "Actors: 1 alive" in text
 
 
+def test_status_shows_the_memory_resource_in_bytes():
+    reply = _reply()
+    reply["nodes"][0]["resources"]["memory"] = float(8 << 30)
+    reply["nodes"][0]["available"]["memory"] = float(6 << 30)
+    text = status_text.format_status(status_text.summarize(reply), "127.0.0.1:6380")
+    assert "2.0 GiB/8.0 GiB memory" in text and "8589934592" not in text
+
+
 def test_a_too_long_session_root_is_named(monkeypatch):
     monkeypatch.setenv("ZRAY_TMPDIR", "/tmp/" + "d" * 80)
     with pytest.raises(ValueError, match="ZRAY_TMPDIR"):

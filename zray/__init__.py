@@ -19,24 +19,27 @@ remote functions load on first use (``remote()``, or ``__getattr__``).
 from __future__ import annotations
 
 import atexit
+import logging
 import threading
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from zray import exceptions
 from zray._private import state
-from zray.object_ref import ObjectRef
+from zray.object_ref import ActorID, JobID, NodeID, ObjectID, ObjectRef, TaskID, WorkerID
 
 if TYPE_CHECKING:
-    from zray.actor import ActorHandle, get_actor, kill, method
+    from zray.actor import ActorClass, ActorHandle, get_actor, kill, method
+    from zray.runtime_context import get_runtime_context
 
 __version__ = "0.1.0"
 
 #: Public names that live in submodules, loaded when first asked for.
 _LAZY = {
-    "ActorHandle": "zray.actor", "get_actor": "zray.actor", "kill": "zray.actor",
-    "method": "zray.actor",
+    "ActorHandle": "zray.actor", "ActorClass": "zray.actor", "get_actor": "zray.actor",
+    "kill": "zray.actor", "method": "zray.actor",
+    "get_runtime_context": "zray.runtime_context",
 }
-_SUBMODULES = ("actor", "object_ref", "remote_function", "cli", "util")
+_SUBMODULES = ("actor", "object_ref", "remote_function", "cli", "util", "runtime_context")
 
 
 def __getattr__(name: str) -> Any:
@@ -61,7 +64,10 @@ _context: Optional["ClientContext"] = None
 
 
 class ClientContext:
-    """What ``init`` returns: the session's addresses, also readable as a mapping."""
+    """What ``init`` returns: the session's addresses, also readable as a mapping,
+    and a context manager that shuts zray down on exit."""
+
+    dashboard_url = None  # zray has no dashboard
 
     def __init__(self, address_info: Dict[str, Any]) -> None:
         self.address_info = address_info
@@ -87,6 +93,9 @@ class ClientContext:
     def __exit__(self, *exc: Any) -> None:
         shutdown()
 
+    def disconnect(self) -> None:
+        shutdown()
+
 
 def _check_number(name: str, value: Any) -> None:
     if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
@@ -96,10 +105,22 @@ def _check_number(name: str, value: Any) -> None:
 
 def init(address: Optional[str] = None, *, num_cpus: Optional[float] = None,
          num_gpus: Optional[float] = None, resources: Optional[Dict[str, float]] = None,
-         object_store_memory: Optional[int] = None, ignore_reinit_error: bool = False,
-         redis_address: Optional[str] = None, **unknown: Any) -> ClientContext:
-    """Start a single-node cluster in this process's care and connect to it."""
-    global _session, _context
+         labels: Optional[Dict[str, str]] = None, object_store_memory: Optional[int] = None,
+         namespace: Optional[str] = None, runtime_env: Optional[Dict[str, Any]] = None,
+         ignore_reinit_error: bool = False, include_dashboard: Optional[bool] = None,
+         dashboard_host: str = "127.0.0.1", dashboard_port: Optional[int] = None,
+         log_to_driver: bool = True, logging_level: Union[int, str] = logging.INFO,
+         logging_format: Optional[str] = None, configure_logging: bool = True,
+         job_config: Any = None, redis_address: Optional[str] = None,
+         _system_config: Optional[Dict[str, Any]] = None, _temp_dir: Optional[str] = None,
+         **unknown: Any) -> ClientContext:
+    """Start a single-node cluster in this process's care and connect to it, or
+    (with ``address``) join a running cluster.  Ray's parameters; those without
+    effect in zray are listed in the README ("Coming from Ray")."""
+    global _context
+    from zray._private.init_options import Settings
+    from zray._private.init_options import configure_logging as set_up_logging
+
     if unknown:
         raise TypeError(f"zray.init got unknown option(s): {', '.join(sorted(unknown))}")
     with _lock:
@@ -108,71 +129,100 @@ def init(address: Optional[str] = None, *, num_cpus: Optional[float] = None,
                 return _context
             raise RuntimeError("zray.init() was already called in this process; call "
                                "zray.shutdown() first or pass ignore_reinit_error=True")
+        settings = Settings(namespace=namespace, runtime_env=runtime_env, job_config=job_config,
+                            labels=labels, system_config=_system_config, temp_dir=_temp_dir,
+                            log_to_driver=log_to_driver, include_dashboard=include_dashboard)
+        if configure_logging:
+            set_up_logging(logging_level, logging_format)
         address = address or redis_address
-        if address is not None:
-            _context = _connect(address, num_cpus=num_cpus, num_gpus=num_gpus,
+        if address is not None and address != "local":
+            settings.check_connecting()
+            _context = _connect(address, settings, num_cpus=num_cpus, num_gpus=num_gpus,
                                 resources=resources, object_store_memory=object_store_memory)
-            return _context
-        _check_number("num_cpus", num_cpus)
-        _check_number("num_gpus", num_gpus)
-        if object_store_memory is not None and (not isinstance(object_store_memory, int)
-                                                or isinstance(object_store_memory, bool)
-                                                or object_store_memory < 1024 * 1024):
-            raise ValueError("zray.init: object_store_memory must be an int of at least "
-                             f"1 MiB (bytes), got {object_store_memory!r}")
-        if resources is not None:
-            from zray._private import scheduling
-            scheduling.validate_resource_request(None, None, resources, where="zray.init")
-
-        import os
-
-        from zray._private import services
-
-        detected = services.detect_gpus()
-        if num_gpus is None:
-            num_gpus = len(detected)
-        gpu_ids = detected[:int(num_gpus)] if len(detected) >= num_gpus else \
-            list(range(int(num_gpus)))
-        if num_cpus is None:
-            num_cpus = os.cpu_count() or 1
-        store = object_store_memory or services.default_store_bytes()
-        # The agent starts now; the client (zmq, cloudpickle, ...) loads meanwhile.
-        session = services.LocalSession(num_cpus=num_cpus, gpu_ids=gpu_ids, num_gpus=num_gpus,
-                                        resources=dict(resources or {}), store_bytes=store)
-        try:
-            from zray import remote_function  # noqa: F401  (the first @remote needs it)
-            from zray._private.client import Client
-
-            client = Client(session.agent_address, "driver", agent_pid=session.agent.pid)
-            state.client = client
-            client.connect(timeout=30)
-            session.start_head()
-        except BaseException as exc:
-            client, state.client = state.client, None
-            if client is not None:
-                client.close()
-            log = session.log_tail()
-            session.stop()
-            raise RuntimeError(f"zray could not start: {exc}\n{log}") from exc
-        _session = session
-        _context = ClientContext({
-            "node_id": client.node_id.hex(),
-            "node_ip_address": client.welcome.get("ip", "127.0.0.1"),
-            "address": session.head_address,
-            "gcs_address": session.head_address,
-            "head_address": session.head_address,
-            "agent_address": session.agent_address,
-            "object_store_address": client.welcome.get("arena"),
-            "session_dir": session.session_dir,
-            "job_id": client.job_id.hex(),
-        })
+        else:
+            _context = _start_local(settings, num_cpus=num_cpus, num_gpus=num_gpus,
+                                    resources=resources,
+                                    object_store_memory=object_store_memory)
         return _context
 
 
-def _connect(address: str, **local_only: Any) -> ClientContext:
+def _start_local(settings: Any, *, num_cpus: Optional[float], num_gpus: Optional[float],
+                 resources: Optional[Dict[str, float]],
+                 object_store_memory: Optional[int]) -> ClientContext:
+    """Start the processes of a single-node session and connect to its agent."""
+    global _session
+    _check_number("num_cpus", num_cpus)
+    _check_number("num_gpus", num_gpus)
+    if object_store_memory is not None and (not isinstance(object_store_memory, int)
+                                            or isinstance(object_store_memory, bool)
+                                            or object_store_memory < 1024 * 1024):
+        raise ValueError("zray.init: object_store_memory must be an int of at least "
+                         f"1 MiB (bytes), got {object_store_memory!r}")
+    if resources is not None:
+        from zray._private import scheduling
+        scheduling.validate_resource_request(None, None, resources, where="zray.init")
+
+    import os
+
+    from zray._private import services
+    from zray._private.init_options import scoped_environ
+
+    detected = services.detect_gpus()
+    if num_gpus is None:
+        num_gpus = len(detected)
+    gpu_ids = detected[:int(num_gpus)] if len(detected) >= num_gpus else \
+        list(range(int(num_gpus)))
+    if num_cpus is None:
+        num_cpus = os.cpu_count() or 1
+    store = object_store_memory or services.default_store_bytes()
+    # The agent starts now; the client (zmq, cloudpickle, ...) loads meanwhile.
+    with scoped_environ(settings.environment()):
+        session = services.LocalSession(num_cpus=num_cpus, gpu_ids=gpu_ids, num_gpus=num_gpus,
+                                        resources=dict(resources or {}), store_bytes=store)
+    try:
+        from zray import remote_function  # noqa: F401  (the first @remote needs it)
+        from zray._private.client import Client
+
+        client = Client(session.agent_address, "driver", agent_pid=session.agent.pid)
+        _apply(settings, client)
+        state.client = client
+        client.connect(timeout=30)
+        session.start_head()
+    except BaseException as exc:
+        client, state.client = state.client, None
+        if client is not None:
+            client.close()
+        log = session.log_tail()
+        session.stop()
+        raise RuntimeError(f"zray could not start: {exc}\n{log}") from exc
+    _session = session
+    return ClientContext(_address_info(client, session.head_address, session.session_dir,
+                                       agent_address=session.agent_address))
+
+
+def _apply(settings: Any, client: Any) -> None:
+    client.namespace = settings.namespace
+    client.log_to_driver = settings.log_to_driver
+
+
+def _address_info(client: Any, address: str, session_dir: str, *,
+                  agent_address: str) -> Dict[str, Any]:
+    return {
+        "node_id": client.node_id.hex(),
+        "node_ip_address": client.welcome.get("ip", "127.0.0.1"),
+        "address": address, "gcs_address": address, "head_address": address,
+        "agent_address": agent_address,
+        "object_store_address": client.welcome.get("arena"),
+        "session_dir": session_dir, "webui_url": None,
+        "job_id": client.job_id.hex(),
+    }
+
+
+def _connect(address: str, settings: Any, **local_only: Any) -> ClientContext:
     """Join a running cluster through this machine's node agent; start nothing."""
     from zray._private import services
     from zray._private.client import Client
+    from zray._private.init_options import scoped_environ
 
     given = sorted(k for k, v in local_only.items() if v is not None)
     if given:
@@ -183,10 +233,12 @@ def _connect(address: str, **local_only: Any) -> ClientContext:
     if not isinstance(address, str):
         raise TypeError(f"zray.init: address must be 'HOST:PORT' or 'auto', got {address!r}")
     try:
-        record = services.find_record(address)
+        with scoped_environ(settings.environment()):  # _temp_dir: where records are
+            record = services.find_record(address)
     except services.ClusterError as exc:
         raise ConnectionError(str(exc)) from None
     client = Client(record["agent_address"], "driver")
+    _apply(settings, client)
     try:
         state.client = client
         client.connect(timeout=10)
@@ -194,14 +246,8 @@ def _connect(address: str, **local_only: Any) -> ClientContext:
         state.client = None
         raise ConnectionError(f"zray could not connect to the node agent of "
                               f"{record['address']} at {record['agent_address']}: {exc}") from exc
-    return ClientContext({
-        "node_id": client.node_id.hex(),
-        "node_ip_address": client.welcome.get("ip", "127.0.0.1"),
-        "address": record["address"], "gcs_address": record["address"],
-        "head_address": record["address"], "agent_address": record["agent_address"],
-        "object_store_address": client.welcome.get("arena"),
-        "session_dir": record["session_dir"], "job_id": client.job_id.hex(),
-    })
+    return ClientContext(_address_info(client, record["address"], record["session_dir"],
+                                       agent_address=record["agent_address"]))
 
 
 def _auto_init() -> Any:
@@ -241,26 +287,13 @@ def _client() -> Any:
 def remote(*args: Any, **kwargs: Any) -> Any:
     """Make a function or class remote: ``@remote``, ``@remote(...)`` or ``remote(f)``.
 
-    The seed-era typed form ``@remote([int, int], [int])`` checks argument
-    types when the task is submitted.
+    Options are checked against the table of the target (function or class)
+    when it is decorated; the seed-era typed form ``@remote([int, int], [int])``
+    checks argument types when the task is submitted.
     """
-    from zray.remote_function import make_remote
+    from zray.remote_function import remote_decorator
 
-    if len(args) == 1 and not kwargs and callable(args[0]):
-        return make_remote(args[0], {})
-    if args and all(isinstance(a, (list, tuple)) for a in args) and len(args) <= 2:
-        arg_types = list(args[0])
-        return_types = list(args[1]) if len(args) > 1 else None
-        return lambda target: make_remote(target, kwargs, arg_types, return_types)
-    if args:
-        raise TypeError("@zray.remote takes a function or class, or only keyword options, "
-                        f"e.g. @zray.remote(num_cpus=2); got {args!r}")
-    from zray.remote_function import TASK_OPTIONS, validate_options
-
-    if not any(k in ("max_restarts", "max_concurrency", "lifetime", "max_task_retries")
-               for k in kwargs):
-        validate_options(kwargs, TASK_OPTIONS, "@zray.remote")
-    return lambda target: make_remote(target, kwargs)
+    return remote_decorator(*args, **kwargs)
 
 
 def _as_ref_list(refs: Any, what: str) -> Tuple[List[ObjectRef], bool]:
@@ -276,13 +309,30 @@ def _as_ref_list(refs: Any, what: str) -> Tuple[List[ObjectRef], bool]:
                     f"got {type(refs).__name__}")
 
 
+def _check_session(refs: List[ObjectRef], client: Any, what: str) -> None:
+    """Refs made before the last ``shutdown`` name objects of a session that is gone."""
+    for ref in refs:
+        if ref._client is not client and ref._client is not None:
+            raise exceptions.ObjectLostError(
+                f"{what}: {ref!r} belongs to a zray session that has ended (zray.shutdown() "
+                f"was called after it was made); its object is gone with that session")
+
+
 def get(object_refs: Union[ObjectRef, Sequence[ObjectRef]], *,
         timeout: Optional[float] = None) -> Any:
-    """The value(s) behind ref(s); blocks until ready or ``timeout`` seconds pass."""
+    """The value(s) behind ref(s); blocks until ready or ``timeout`` seconds pass.
+
+    The first failure among them is raised as soon as it is known; with
+    ``timeout=0`` the call returns at once or raises GetTimeoutError.
+    """
     refs, single = _as_ref_list(object_refs, "zray.get")
     if timeout is not None and timeout < 0:
         raise ValueError(f"zray.get: timeout must be >= 0, got {timeout}")
-    values = _client().get(refs, timeout)
+    if not refs:
+        return []
+    client = _client()
+    _check_session(refs, client, "zray.get")
+    values = client.get(refs, timeout)
     return values[0] if single else values
 
 
@@ -296,18 +346,27 @@ def put(value: Any) -> ObjectRef:
 def wait(object_refs: Sequence[ObjectRef], *, num_returns: int = 1,
          timeout: Optional[float] = None, fetch_local: bool = True
          ) -> Tuple[List[ObjectRef], List[ObjectRef]]:
-    """Split refs into (ready, not ready), both in the input's order."""
+    """Split refs into (ready, not ready), both in the input's order.
+
+    A failed task's ref counts as ready.  ``fetch_local`` is accepted; objects
+    of other nodes are brought here only when read.
+    """
     if isinstance(object_refs, ObjectRef):
         raise TypeError("zray.wait expects a list of ObjectRefs, got a single ObjectRef")
     refs, _ = _as_ref_list(object_refs, "zray.wait")
+    if not refs:
+        return [], []
     if len(set(refs)) != len(refs):
         raise ValueError("zray.wait got the same ObjectRef more than once")
-    if isinstance(num_returns, bool) or not isinstance(num_returns, int) or num_returns < 0:
-        raise ValueError(f"zray.wait: num_returns must be a non-negative int, got {num_returns!r}")
+    if isinstance(num_returns, bool) or not isinstance(num_returns, int) or num_returns < 1:
+        raise ValueError(f"zray.wait: num_returns must be a positive int, got {num_returns!r}")
     if num_returns > len(refs):
         raise ValueError(f"zray.wait: num_returns ({num_returns}) is more than the number "
                          f"of refs ({len(refs)})")
+    if timeout is not None and timeout < 0:
+        raise ValueError(f"zray.wait: timeout must be >= 0, got {timeout}")
     client = _client()
+    _check_session(refs, client, "zray.wait")
     client.wait_objects([r._id for r in refs], num_returns, timeout)
     ready: List[ObjectRef] = []
     not_ready: List[ObjectRef] = []
@@ -324,7 +383,9 @@ def cancel(object_ref: ObjectRef, *, force: bool = False, recursive: bool = True
     ones get KeyboardInterrupt, or with ``force=True`` their worker is killed."""
     if not isinstance(object_ref, ObjectRef):
         raise TypeError(f"zray.cancel expects an ObjectRef, got {type(object_ref).__name__}")
-    _client().cancel(object_ref.task_id(), force=bool(force))
+    client = _client()
+    _check_session([object_ref], client, "zray.cancel")
+    client.cancel(object_ref.task_id().binary(), force=bool(force))
 
 
 def get_gpu_ids() -> List[int]:
@@ -357,41 +418,10 @@ def error_info() -> List[Dict[str, Any]]:
     return _client().query("errors")["errors"]
 
 
-class RuntimeContext:
-    """IDs of the job, node, worker and task this code runs in."""
-
-    def __init__(self, client: Any) -> None:
-        worker = state.worker
-        task = worker.current_task if worker is not None else None
-        self.job_id = (task.get("job_id", client.job_id) if task else client.job_id).hex()
-        self.node_id = client.node_id.hex()
-        self.worker_id = client.identity.hex()
-        self.task_id = task["task_id"].hex() if task else None
-
-    def get_job_id(self) -> str:
-        return self.job_id
-
-    def get_node_id(self) -> str:
-        return self.node_id
-
-    def get_worker_id(self) -> str:
-        return self.worker_id
-
-    def get_task_id(self) -> Optional[str]:
-        return self.task_id
-
-    def __repr__(self) -> str:
-        return (f"RuntimeContext(job_id={self.job_id}, node_id={self.node_id}, "
-                f"worker_id={self.worker_id}, task_id={self.task_id})")
-
-
-def get_runtime_context() -> RuntimeContext:
-    return RuntimeContext(_client())
-
-
 __all__ = [
     "init", "shutdown", "is_initialized", "remote", "get", "put", "wait", "cancel",
     "get_gpu_ids", "cluster_resources", "available_resources", "nodes", "error_info",
-    "get_runtime_context", "ObjectRef", "exceptions", "__version__", "method", "kill",
-    "get_actor", "ActorHandle",
+    "get_runtime_context", "ObjectRef", "ObjectID", "TaskID", "ActorID", "NodeID", "JobID",
+    "WorkerID", "exceptions", "__version__", "method", "kill", "get_actor", "ActorHandle",
+    "ActorClass",
 ]

@@ -1,10 +1,16 @@
 """Remote functions: ``@zray.remote``, ``.remote()``, ``.options()``.
 
-Options are checked once, against one table, when the function is decorated
-and when ``.options()`` is called, so a bad option fails on the caller's
-line.  The function is pickled on its first call and exported once per
-cluster; each call then sends only a small task spec, built with
+Options are checked once, against one table (``zray._private.options``),
+when the function is decorated and when ``.options()`` is called, so a bad
+option fails on the caller's line; everything fixed about calls with one
+set of options is computed then too (:class:`_Call`).  Each ``.remote()``
+binds its arguments to the function's signature (a TypeError in the caller
+when they do not fit), pickles the function on the first call and exports it
+once per cluster, then sends only a small task spec, built with
 ``protocol.task_spec`` and queued with the client's ``submit``.
+
+``async def`` functions run on an event loop in their worker.  Generators
+(``num_returns="streaming"`` / ``"dynamic"``) are not supported.
 """
 
 from __future__ import annotations
@@ -13,88 +19,43 @@ import functools
 import hashlib
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from zray._private import ids, protocol, scheduling, state
+from zray._private import ids, protocol, signature, state
+from zray._private.options import (  # noqa: F401  (the option table, public here)
+    ACTOR_OPTIONS, ALIASES, TASK_OPTIONS, Option, RunSettings, check_names, defaults,
+    resource_demand, retry_exceptions_wire, strategy_wire, validate_options,
+)
 
-
-class Option:
-    __slots__ = ("name", "check", "default", "doc")
-
-    def __init__(self, name: str, check: Callable[[Any], bool], default: Any, doc: str) -> None:
-        self.name = name
-        self.check = check
-        self.default = default
-        self.doc = doc
-
-
-def int_at_least(lo: int) -> Callable[[Any], bool]:
-    return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= lo
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0
-
-
-def _is_resources(v: Any) -> bool:
-    return v is None or isinstance(v, dict)
-
-
-TASK_OPTIONS: Dict[str, Option] = {o.name: o for o in [
-    Option("num_returns", int_at_least(0), 1, "a non-negative int"),
-    Option("num_cpus", _is_number, 1, "a non-negative number"),
-    Option("num_gpus", _is_number, 0, "a non-negative number"),
-    Option("resources", _is_resources, None, "a dict of resource name to amount"),
-    Option("max_calls", int_at_least(0), 0, "a non-negative int (0: no limit)"),
-    Option("max_retries", int_at_least(-1), protocol.DEFAULT_MAX_RETRIES,
-           "an int >= -1 (-1: retry forever)"),
-    Option("name", lambda v: v is None or isinstance(v, str), None, "a string"),
-]}
-ALIASES = {"num_return_vals": "num_returns"}
-
-
-def validate_options(options: Dict[str, Any], table: Dict[str, Option], where: str) -> Dict[str, Any]:
-    """Check options against ``table``; raise naming the first bad one."""
-    out: Dict[str, Any] = {}
-    for key, value in options.items():
-        name = ALIASES.get(key, key)
-        option = table.get(name)
-        if option is None:
-            known = ", ".join(sorted(table))
-            raise ValueError(f"{where}: unknown option {key!r}; valid options are: {known}")
-        if not option.check(value):
-            raise ValueError(f"{where}: option {key!r} must be {option.doc}, got {value!r}")
-        out[name] = value
-    if "num_cpus" in out or "num_gpus" in out or "resources" in out:
-        scheduling.validate_resource_request(
-            out.get("num_cpus"), out.get("num_gpus"), out.get("resources"), where=where)
-    return out
-
-
-def resource_demand(options: Dict[str, Any]) -> Dict[str, float]:
-    demand = {"CPU": float(options.get("num_cpus", 1))}
-    if options.get("num_gpus"):
-        demand["GPU"] = float(options["num_gpus"])
-    for name, amount in (options.get("resources") or {}).items():
-        if amount:
-            demand[name] = float(amount)
-    return {k: v for k, v in demand.items() if v}
+_NO_BINDER: Any = False   # the signature could not be read: arguments are not checked
 
 
 class _Call:
     """Everything fixed about calls with one set of options, computed once."""
 
-    __slots__ = ("num_returns", "demand", "max_retries", "extra", "name")
+    __slots__ = ("num_returns", "demand", "max_retries", "extra", "name", "settings")
 
     def __init__(self, options: Dict[str, Any], default_name: str) -> None:
-        merged = {name: opt.default for name, opt in TASK_OPTIONS.items()}
-        merged.update(options)
+        merged = defaults(TASK_OPTIONS, options)
         self.num_returns = merged["num_returns"]
         demand = resource_demand(merged)
         # The spec leaves the default demand out (see protocol.TaskSpec.resources).
         self.demand: Optional[Dict[str, float]] = None if demand == {"CPU": 1.0} else demand
         self.max_retries = merged["max_retries"]
+        max_calls = merged["max_calls"]
+        if "max_calls" not in options and merged["num_gpus"]:
+            max_calls = 1  # Ray's default: a GPU task's worker gives its GPU memory back
         # Optional spec fields, only when set: the builder skips nothing faster.
-        self.extra = {"max_calls": merged["max_calls"]} if merged["max_calls"] else {}
+        extra: Dict[str, Any] = {}
+        if max_calls:
+            extra["max_calls"] = max_calls
+        retry = retry_exceptions_wire(merged["retry_exceptions"])
+        if retry is not None:
+            extra["retry_exceptions"] = retry
+        strategy = strategy_wire(merged["scheduling_strategy"])
+        if strategy is not None:
+            extra["scheduling_strategy"] = strategy
+        self.extra = extra
         self.name = merged["name"] or default_name
+        self.settings = RunSettings.of(merged)
 
 
 class RemoteFunction:
@@ -112,6 +73,7 @@ class RemoteFunction:
         self._call = _Call(self._options, self._name)
         self._blob: Optional[bytes] = None
         self._fid: Optional[bytes] = None
+        self._binder: Any = None
         functools.update_wrapper(self, function)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -120,6 +82,11 @@ class RemoteFunction:
 
     def __repr__(self) -> str:
         return f"<zray remote function {self._name}>"
+
+    def __getstate__(self) -> Dict[str, Any]:
+        state_ = dict(self.__dict__)
+        state_["_binder"] = None  # rebuilt where it is used
+        return state_
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
         return self._submit(args, kwargs, self._call)
@@ -153,19 +120,34 @@ class RemoteFunction:
                 raise TypeError(f"argument {i} of {self._name} must be {expected.__name__}, "
                                 f"got {type(value).__name__}")
 
+    def _check_args(self, args: Sequence[Any], kwargs: Dict[str, Any]) -> None:
+        binder = self._binder
+        if binder is None:
+            binder = self._binder = signature.of_callable(self._function, self._name) \
+                or _NO_BINDER
+        if binder is not _NO_BINDER:
+            binder.check(args, kwargs)
+        if self._arg_types is not None:
+            self._check_types(args)
+
     def _submit(self, args: Sequence[Any], kwargs: Dict[str, Any], call: _Call) -> Any:
         client = state.client
         if client is None:
             from zray import _auto_init
             client = _auto_init()
-        if self._arg_types is not None:
-            self._check_types(args)
+        self._check_args(args, kwargs)
         fid = self._export(client)
+        if call.settings is not None:
+            args = (call.settings, *args)
         args_part, keep = client.encode_args(args, kwargs, call.name)
+        extra = call.extra
+        namespace = client.spec_namespace()  # None: the job's anonymous one
+        if namespace:
+            extra = dict(extra, namespace=namespace)
         spec = protocol.task_spec(
             task_id=ids.new_id(), job_id=client.job_id, name=call.name, function_id=fid,
             num_returns=call.num_returns, resources=call.demand, max_retries=call.max_retries,
-            args=args_part, **call.extra)
+            args=args_part, **extra)
         refs = client.submit(spec)
         del keep
         if call.num_returns == 1:
@@ -176,6 +158,8 @@ class RemoteFunction:
 
 
 class _BoundOptions:
+    """``f.options(...)``: the function with other options, for ``.remote()``."""
+
     def __init__(self, function: RemoteFunction, call: _Call) -> None:
         self._function = function
         self._callopts = call
@@ -188,5 +172,32 @@ def make_remote(target: Any, options: Dict[str, Any], arg_types: Optional[List[t
                 return_types: Optional[List[type]] = None) -> Any:
     if isinstance(target, type):
         from zray import actor
+        if arg_types is not None or return_types is not None:
+            raise TypeError("@zray.remote([types], [types]) is for functions, not classes")
         return actor.make_actor_class(target, options)
     return RemoteFunction(target, options, arg_types, return_types)
+
+
+def remote_decorator(*args: Any, **options: Any) -> Any:
+    """``zray.remote``: ``@remote``, ``@remote(**options)`` or ``remote(f)``.
+
+    As in Ray, ``@remote()`` with empty parentheses is an error (write
+    ``@remote``), and an unknown keyword fails at once, naming it.  The
+    seed-era typed form ``@remote([int, int], [int])`` checks argument types
+    when the task is submitted.
+    """
+    if len(args) == 1 and not options and callable(args[0]):
+        return make_remote(args[0], {})
+    if args and all(isinstance(a, (list, tuple)) for a in args) and len(args) <= 2:
+        arg_types = list(args[0])
+        return_types = list(args[1]) if len(args) > 1 else None
+        return lambda target: make_remote(target, options, arg_types, return_types)
+    if args:
+        raise TypeError("@zray.remote takes a function or class, or only keyword options, "
+                        f"e.g. @zray.remote(num_cpus=2); got {args!r}")
+    if not options:
+        raise TypeError("@zray.remote() needs options between its parentheses, e.g. "
+                        "@zray.remote(num_cpus=2); for the defaults write @zray.remote "
+                        "without parentheses")
+    check_names(options, "@zray.remote")
+    return lambda target: make_remote(target, options)

@@ -170,6 +170,7 @@ class TaskSpec(TypedDict, total=False):
     method: str                 # an actor call's method
     new_actor: bool             # an actor's creation task
     max_restarts: int
+    restart_count: int          # on a creation task run again after the actor died
     max_concurrency: int
     is_async: bool
     class_name: str

@@ -7,14 +7,17 @@ inline in one message frame or sit in the node's shared-memory arena, so a
 reader rebuilds arrays as read-only views over either, copying nothing.
 
 Refs met while pickling are collected, so the cluster knows which objects a
-value keeps alive.
+value keeps alive.  Classes given a serializer of their own
+(``zray.util.register_serializer``) are pickled with it, in this process.
+A task's failure is pickled as a ``RayTaskError`` (:func:`serialize_error`).
 """
 
 from __future__ import annotations
 
+import io
 import pickle
 import traceback
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import cloudpickle
 
@@ -64,6 +67,43 @@ class Serialized:
         return bytes(out)
 
 
+#: Custom serializers of this process: class -> (serializer, deserializer).
+_custom: Dict[type, Tuple[Callable[[Any], Any], Callable[[Any], Any]]] = {}
+
+
+def register_reducer(cls: type, serializer: Callable[[Any], Any],
+                     deserializer: Callable[[Any], Any]) -> None:
+    """Pickle instances of exactly ``cls`` as ``deserializer(serializer(obj))``.
+
+    For this process only: the deserializer travels (pickled) with each value,
+    so readers need no registration of their own.
+    """
+    _custom[cls] = (serializer, deserializer)
+
+
+def deregister_reducer(cls: type) -> None:
+    _custom.pop(cls, None)
+
+
+class _CustomPickler(cloudpickle.CloudPickler):
+    """cloudpickle, with the classes of :func:`register_reducer` reduced their own way."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        entry = _custom.get(type(obj))
+        if entry is not None:
+            serializer, deserializer = entry
+            return deserializer, (serializer(obj),)
+        return super().reducer_override(obj)
+
+
+def _dumps(value: Any, buffer_callback: Callable[[Any], None]) -> bytes:
+    if not _custom:
+        return cloudpickle.dumps(value, protocol=5, buffer_callback=buffer_callback)
+    out = io.BytesIO()
+    _CustomPickler(out, protocol=5, buffer_callback=buffer_callback).dump(value)
+    return out.getvalue()
+
+
 def serialize(value: Any, what: str = "value") -> Serialized:
     """Pickle ``value``; raise SerializationError naming ``what`` if it can't be."""
     if type(value) in _PLAIN:
@@ -73,7 +113,7 @@ def serialize(value: Any, what: str = "value") -> Serialized:
     contained: List[bytes] = []
     state.local.contained = contained
     try:
-        data = cloudpickle.dumps(value, protocol=5, buffer_callback=buffers.append)
+        data = _dumps(value, buffers.append)
     except Exception as exc:
         raise exceptions.SerializationError(
             f"could not serialize {what} of type {type(value).__name__}: "
@@ -134,16 +174,31 @@ def pinned_buffer(view: memoryview, keeper: Any) -> Any:
 
 
 def serialize_error(exc: BaseException, task_name: str, pid: int) -> bytes:
-    """Pickle a task's failure as a TaskError; fall back to text if the cause won't pickle."""
-    if isinstance(exc, exceptions.TaskError):
-        error = exc  # a dependency's failure: keep the root cause as it is
+    """Pickle a task's failure as a RayTaskError.
+
+    An error that came from another task (a ``get`` inside this one raised it)
+    keeps its root cause, and its text becomes part of this task's traceback,
+    so a ZeroDivisionError two tasks deep is still caught as one.  A cause
+    that will not pickle (or unpickle) travels as an UnserializableException
+    holding its text and traceback.
+    """
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    if isinstance(exc, exceptions.RayTaskError):
+        error = exceptions.RayTaskError(task_name, tb, exc.cause, pid)
     else:
-        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        error = exceptions.TaskError(task_name, tb, exc, pid)
+        error = exceptions.RayTaskError(task_name, tb, exc, pid)
     try:
-        return cloudpickle.dumps(error, protocol=5)
+        data = cloudpickle.dumps(error, protocol=5)
+        pickle.loads(data)  # errors are rare: make sure the reader can rebuild it
+        return data
     except Exception:
-        plain = exceptions.TaskError(error.task_name, error.traceback_str, None, error.pid)
+        cause = error.cause
+        try:
+            text = f"{type(cause).__name__}: {cause}"
+        except Exception:  # a __str__ that fails too
+            text = type(cause).__name__
+        stand_in = exceptions.UnserializableException(text, tb)
+        plain = exceptions.RayTaskError(task_name, tb, stand_in, pid)
         return cloudpickle.dumps(plain, protocol=5)
 
 
@@ -161,6 +216,6 @@ def load_error(data: Any) -> BaseException:
         err = pickle.loads(data)
     except Exception as exc:
         return exceptions.SerializationError(f"could not unpickle a task's error: {exc}")
-    if isinstance(err, exceptions.TaskError):
+    if isinstance(err, exceptions.RayTaskError):
         return err.as_instanceof_cause()
     return err

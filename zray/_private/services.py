@@ -78,6 +78,37 @@ def default_store_bytes() -> int:
     return int(min(total_memory() * 0.3, 8 * 1024 ** 3))
 
 
+def available_memory() -> int:
+    """Bytes of memory available now (``MemAvailable``; psutil where there is no /proc)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    import psutil  # start-up stays cheap where /proc answers
+
+    return int(psutil.virtual_memory().available)
+
+
+def default_memory_bytes(store_bytes: int) -> int:
+    """The ``memory`` resource a node declares: 70% of the memory available at
+    start, less the object store's share (never below zero)."""
+    return max(int(available_memory() * 0.7) - int(store_bytes), 0)
+
+
+def node_resources(num_cpus: float, num_gpus: float, resources: Dict[str, float],
+                   store_bytes: int) -> Dict[str, float]:
+    """What a node offers: CPUs, GPUs, custom resources and ``memory`` (bytes;
+    a ``memory`` given in ``resources`` wins)."""
+    total = {"CPU": float(num_cpus), **resources}
+    if num_gpus:
+        total["GPU"] = float(num_gpus)
+    total.setdefault("memory", float(default_memory_bytes(store_bytes)))
+    return total
+
+
 class LocalSession:
     """The processes of an embedded single-node cluster.
 
@@ -94,11 +125,7 @@ class LocalSession:
         self.head_address = f"ipc://{self.session_dir}/zray_head.sock"
         self.pub_address = f"ipc://{self.session_dir}/zray_pub.sock"
         self.agent_address = f"ipc://{self.session_dir}/zray_agent_{self.node_id.hex()[:8]}.sock"
-        total = {"CPU": float(num_cpus), **resources}
-        if num_gpus:
-            total["GPU"] = float(num_gpus)
-        total["memory"] = float(store_bytes)
-        self.resources = {k: v for k, v in total.items() if k != "memory"}
+        self.resources = node_resources(num_cpus, num_gpus, resources, store_bytes)
         self.procs: List[subprocess.Popen] = []
         self.head: Optional[subprocess.Popen] = None
         log = open(os.path.join(self.session_dir, "logs",
@@ -370,9 +397,7 @@ class ClusterNode:
     def start_agent(self, head_address: str, token: str, node_ip: str, *, num_cpus: float,
                     gpu_ids: List[int], num_gpus: float, resources: Dict[str, float],
                     store_bytes: int) -> None:
-        total = {"CPU": float(num_cpus), **resources}
-        if num_gpus:
-            total["GPU"] = float(num_gpus)
+        total = node_resources(num_cpus, num_gpus, resources, store_bytes)
         self.resources = total
         self.agent_address = \
             f"ipc://{self.session_dir}/zray_agent_{self.node_id.hex()[:8]}.sock"

@@ -56,14 +56,20 @@ def summarize(reply: Dict[str, Any]) -> Dict[str, Any]:
             "actors_alive": actors}
 
 
+def _of(name: str, in_use: float, total: float) -> str:
+    """``used/total name``; ``memory`` is a number of bytes, and reads as one."""
+    if name == "memory":
+        return f"{_bytes(in_use)}/{_bytes(total)} memory"
+    return f"{_amount(in_use)}/{_amount(total)} {name}"
+
+
 def format_status(summary: Dict[str, Any], address: str) -> str:
     lines = [f"zray cluster at {address}: {summary['alive_nodes']} node(s) alive"
              + (f", {summary['dead_nodes']} dead" if summary["dead_nodes"] else ""), ""]
     lines.append("Nodes")
     for n in summary["nodes"]:
         state = "alive" if n["alive"] else "DEAD "
-        res = ", ".join(f"{_amount(n['in_use'].get(k, 0))}/{_amount(v)} {k}"
-                        for k, v in sorted(n["resources"].items()))
+        res = ", ".join(_of(k, n["in_use"].get(k, 0), v) for k, v in sorted(n["resources"].items()))
         lines.append(f"  {n['node_id'][:12]}  {state}  {n['address'] or '?':<15}  {res}")
         lines.append(f"  {'':12}         store {_bytes(n['store_used'])} / "
                      f"{_bytes(n['store_capacity'])}; tasks {n['tasks_running']} running, "
@@ -72,7 +78,7 @@ def format_status(summary: Dict[str, Any], address: str) -> str:
     lines.append("Resources (in use / total, alive nodes)")
     total, in_use = summary["resources"]["total"], summary["resources"]["in_use"]
     for k in sorted(total):
-        lines.append(f"  {_amount(in_use.get(k, 0))}/{_amount(total[k])} {k}")
+        lines.append(f"  {_of(k, in_use.get(k, 0), total[k])}")
     store = summary["object_store"]
     lines.append(f"  {_bytes(store['used'])}/{_bytes(store['capacity'])} object store")
     lines.append("")

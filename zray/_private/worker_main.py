@@ -17,10 +17,15 @@ stdin (or dies), the template kills its workers and exits.
 
 A worker's own state lives here, in :class:`Worker`: the queue of EXECUTE
 and EXIT messages, the task running, the count of BLOCKED sent (which tells
-stale tasks sent ahead from live ones), cancels of tasks not yet started,
-its actor.  It reaches the agent only through the client's public verbs and
-the handlers it registers with ``Client.listen``; it must not touch the
+stale tasks sent ahead from live ones), cancels of tasks not yet started.
+Its actor, if it hosts one, is an :class:`~zray._private.actor_worker.ActorHost`.
+It reaches the agent only through the client's public verbs and the
+handlers it registers with ``Client.listen``; it must not touch the
 client's socket, outbox or object tables.
+
+A task that raises an exception its ``retry_exceptions`` names is reported
+``retryable`` (the agent runs it again while its retries last); an ``async
+def`` task runs on the worker's event loop.
 """
 
 from __future__ import annotations
@@ -35,13 +40,15 @@ import signal
 import sys
 import time
 import traceback
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import cloudpickle
 
 from zray import exceptions
 from zray._private import protocol, serialization, state
+from zray._private.actor_worker import ActorExit, ActorHost
 from zray._private.client import Client, Descriptor, decode_args
+from zray._private.options import RunSettings
 from zray._private.protocol import ObjectKind, Op
 
 
@@ -194,10 +201,9 @@ class Worker:
         self.functions: Dict[bytes, Any] = {}
         self.pid = os.getpid()
         self.gpu_ids: List[int] = []
-        self.actor: Any = None
-        self.actor_error = ""
-        self.actor_class_name = ""
-        self.actor_runner: Optional[Callable[[dict, List[Any]], Any]] = None
+        self.host = ActorHost(self)
+        self.event_loop: Any = None   # for async def tasks, made on first use
+        self.retry_types: Dict[bytes, tuple] = {}   # pickled retry_exceptions -> types
         self.profiler: Any = None
         self.profile_path = ""
         self.profile_due = 0.0
@@ -212,6 +218,16 @@ class Worker:
         # the middle of dispatching.
         client.listen(Op.INTERRUPT, self.on_interrupt, after_read=True)
         client.wait_hook = self.before_wait
+
+    @property
+    def actor(self) -> Any:
+        """The instance of the actor hosted here, or None."""
+        return self.host.instance
+
+    @property
+    def actor_spec(self) -> Optional[dict]:
+        """The creation spec of the actor hosted here, or None."""
+        return self.host.spec
 
     # ------------------------------------------------------------------ from the agent
     def on_execute(self, body: dict, raw: List[Any]) -> None:
@@ -251,11 +267,10 @@ class Worker:
         while True:
             try:
                 item = self.next_task()
-                if item is None:
-                    return  # connection lost
-                op, body, raw = item
-                if op == Op.EXIT:
+                if item is None or item[0] == Op.EXIT:  # connection lost, or retired
+                    self.host.wait_if_exiting()
                     return
+                op, body, raw = item
                 tid = body["task"]["task_id"]
                 if "epoch" in body:  # sent ahead while the previous task ran
                     if body["epoch"] < self.blocked_count:
@@ -294,10 +309,13 @@ class Worker:
     # ------------------------------------------------------------------ running
     def execute(self, body: dict, raw: List[Any]) -> None:
         spec = body["task"]
-        if "method" in spec and self.actor_runner is not None:
-            self.actor_runner(body, raw)  # threaded or async actor: runs concurrently
+        host = self.host
+        if "method" in spec and host.runner is not None:
+            host.runner(body, raw)  # threaded or async actor: runs concurrently
         else:
             self.run_task(body, raw)
+            if host.exit_reason:
+                host.exit_if_asked()  # exit_actor() in the constructor or a method
 
     def run_task(self, body: dict, raw: List[Any]) -> None:
         client = self.client
@@ -313,6 +331,8 @@ class Worker:
             try:
                 fn, args, kwargs = self.prepare(spec, body, raw)
                 value = fn(*args, **kwargs)
+                if inspect.iscoroutine(value):
+                    value = self.run_coroutine(value)
             finally:
                 self.flush_output()
         except KeyboardInterrupt:
@@ -338,13 +358,16 @@ class Worker:
         pinned = client.adopt_pins(body.get("args", ()))
         try:
             if "method" in spec:
-                fn = self.actor_method(spec)
+                fn = self.host.method(spec)
             elif spec.get("new_actor"):
                 cls = self.load_function(spec["function_id"], body, raw)
-                fn = functools.partial(self.create_actor, cls, spec)
+                fn = functools.partial(self.host.create, cls, spec)
             else:
                 fn = self.load_function(spec["function_id"], body, raw)
             args, kwargs = self.load_args(spec, body, raw)
+            if args and type(args[0]) is RunSettings and not spec.get("new_actor"):
+                fn = functools.partial(self.call_with_settings, args[0], fn)
+                args = args[1:]
         finally:
             # The argument views hold pins of their own; a task that failed
             # before reading its arguments gives the agent's pins back here.
@@ -365,6 +388,7 @@ class Worker:
         results: List[dict] = []
         frames: List[Any] = []
         error_text = ""
+        retryable = exc is not None and self.retries_on(spec, exc)
         if exc is None:
             try:
                 values = self.split_returns(value, len(returns), name)
@@ -373,86 +397,71 @@ class Worker:
                     reserved = None
             except BaseException as store_exc:
                 exc = store_exc
-        if isinstance(exc, KeyboardInterrupt):
-            error_text = f"task {name} was interrupted"
-            data = serialization.system_error(exceptions.TaskCancelledError(
-                f"task {name} was cancelled while running"))
-            results, frames = self.error_results(returns, data)
-        elif exc is not None:
-            error_text = f"{type(exc).__name__}: {exc}"
-            if isinstance(exc, exceptions.ActorDiedError):
-                data = serialization.system_error(exc)
-            else:
-                data = serialization.serialize_error(exc, name, self.pid)
+        if exc is not None:
+            error_text, data = self.failure(spec, name, exc)
             results, frames = self.error_results(returns, data)
         done: protocol.TaskDone = {"task_id": spec["task_id"], "results": results,
                                    "error": error_text}
+        if retryable:
+            done["retryable"] = True
         if started:
             done["run_seconds"] = time.perf_counter() - started
         # Queued, not sent: results of a run of quick tasks go back together.
         self.client.task_done(done, frames)
 
-    # ------------------------------------------------------------------ actors
-    def create_actor(self, cls: type, spec: dict, *args: Any, **kwargs: Any) -> None:
-        self.actor_class_name = spec.get("class_name", cls.__name__)
-        try:
-            self.actor = cls(*args, **kwargs)
-        except BaseException as exc:
-            tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-            self.actor_error = f"{type(exc).__name__}: {exc}\n{tb}"
-            raise
-        concurrency = int(spec.get("max_concurrency", 1))
-        if spec.get("is_async"):
-            self.start_event_loop(concurrency)
-        elif concurrency > 1:
-            from concurrent.futures import ThreadPoolExecutor
+    def failure(self, spec: dict, name: str, exc: BaseException) -> Tuple[str, bytes]:
+        """``(error text, pickled error)`` of a task that raised ``exc``."""
+        if isinstance(exc, KeyboardInterrupt):
+            return f"task {name} was interrupted", serialization.system_error(
+                exceptions.TaskCancelledError(f"task {name} was cancelled while running"))
+        if isinstance(exc, ActorExit):
+            exc = self.host.exit_requested(spec)
+        if isinstance(exc, exceptions.ActorDiedError):
+            return f"{type(exc).__name__}: {exc}", serialization.system_error(exc)
+        return f"{type(exc).__name__}: {exc}", serialization.serialize_error(exc, name, self.pid)
 
-            pool = ThreadPoolExecutor(concurrency, thread_name_prefix="zray-actor")
-            self.actor_runner = lambda body, raw: pool.submit(self.run_task, body, raw)
+    def retries_on(self, spec: dict, exc: BaseException) -> bool:
+        """Whether ``exc`` is an application error the task's ``retry_exceptions`` names."""
+        wanted = spec.get("retry_exceptions")
+        if not wanted or not isinstance(exc, Exception) or \
+                isinstance(exc, exceptions.ActorDiedError):
+            return False
+        if wanted is True:
+            return True
+        types = self.retry_types.get(wanted)
+        if types is None:
+            try:
+                types = tuple(cloudpickle.loads(wanted))
+            except Exception:  # a type that does not import here: retry on nothing
+                types = ()
+            self.retry_types[wanted] = types
+        return isinstance(exc, types)
 
-    def actor_method(self, spec: dict) -> Any:
-        if self.actor is None:
-            raise exceptions.ActorDiedError(
-                f"actor {self.actor_class_name} is not available: its constructor raised: "
-                f"{self.actor_error or 'it was never created'}")
-        try:
-            return getattr(self.actor, spec["method"])
-        except AttributeError:
-            raise AttributeError(f"actor {self.actor_class_name} has no method "
-                                 f"{spec['method']!r}") from None
-
-    def start_event_loop(self, concurrency: int) -> None:
+    def run_coroutine(self, coro: Any) -> Any:
+        """The result of an ``async def`` task, run on this worker's event loop."""
         import asyncio
-        import threading
 
-        loop = asyncio.new_event_loop()
-        ready = threading.Event()
-        limit: List[Any] = []
+        loop = self.event_loop
+        if loop is None:
+            loop = self.event_loop = asyncio.new_event_loop()
+        try:
+            return loop.run_until_complete(coro)
+        except KeyboardInterrupt:
+            self.event_loop = None  # interrupted mid-step: start the next on a fresh loop
+            loop.close()
+            raise
 
-        def run_loop() -> None:
-            asyncio.set_event_loop(loop)
-            limit.append(asyncio.Semaphore(concurrency))
-            ready.set()
-            loop.run_forever()
-
-        threading.Thread(target=run_loop, name="zray-actor-loop", daemon=True).start()
-        ready.wait()
-
-        async def call(body: dict, raw: List[Any]) -> None:
-            spec = body["task"]
-            async with limit[0]:
-                try:
-                    fn, args, kwargs = self.prepare(spec, body, raw)
-                    value = fn(*args, **kwargs)
-                    if inspect.isawaitable(value):
-                        value = await value
-                except BaseException as exc:
-                    self.complete(spec, None, exc)
-                else:
-                    self.complete(spec, value, None)
-
-        self.actor_runner = lambda body, raw: asyncio.run_coroutine_threadsafe(
-            call(body, raw), loop)
+    def call_with_settings(self, settings: RunSettings, fn: Callable, *args: Any,
+                           **kwargs: Any) -> Any:
+        """Call a task's function with its runtime_env's env_vars set."""
+        before = settings.apply_env()
+        try:
+            value = fn(*args, **kwargs)
+            if inspect.iscoroutine(value):
+                value = self.run_coroutine(value)
+            return value
+        finally:
+            settings.restore_env(before)
 
     # ------------------------------------------------------------------ values
     @staticmethod

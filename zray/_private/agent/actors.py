@@ -124,6 +124,11 @@ class ActorTable:
         self.actors.pop(actor.aid, None)
         self.anchors.pop(actor.anchor, None)
         self.remote.add(actor.aid)
+        held, actor.held = actor.held, []
+        for oid in held:  # its node holds its arguments now
+            self.objects.decref(oid)
+        if actor.detached:
+            self.objects.decref(actor.anchor)
         task.actor = None
 
     def started(self, task: Task, worker: WorkerRec) -> None:
@@ -264,6 +269,7 @@ class ActorTable:
         if restarting:
             actor.restarts_left -= 1
             actor.state = ActorState.RESTARTING
+            actor.spec = dict(actor.spec, restart_count=actor.spec.get("restart_count", 0) + 1)
             restart = Task(actor.spec, actor.owner)
             restart.actor = actor
             self.tasks.adopt(restart)

@@ -231,6 +231,8 @@ class ClusterLink:
 
     def offload(self, task: Task, queued: int) -> bool:
         """A saturated node hands the head of a queue to a node that is idle now."""
+        if task.spec.get("scheduling_strategy"):
+            return False  # it was placed here on purpose: it waits here
         me = self.node_id.hex()
         others = [n for n in self.head.nodes if n.get("alive") and n.get("node_id") != me]
         if not others:
@@ -260,13 +262,17 @@ class ClusterLink:
     def on_forward(self, body: dict, raw) -> None:
         """Run a task another node forwarded; send its RESULT back when it ends."""
         spec = body["task"]
-        if self.tasks.get(spec["task_id"]) is not None:
+        known = self.tasks.get(spec["task_id"])
+        if known is not None:
+            if known.state is REMOTE and body["origin"] == self.node_id:
+                self.came_back(known)  # the head placed it on the node it came from
             return
         if "function_frame" in body:
             self.tasks.add_function(spec["function_id"], raw[body["function_frame"]],
                                     body.get("sys_path") or [])
         task = Task(spec, b"")
         task.origin = body["origin"]
+        task.placed = True
         self.tasks.adopt(task)
         self.job_origins[task.job] = task.origin
         for oid in task.returns:
@@ -289,6 +295,13 @@ class ClusterLink:
                                                 "task was forwarded")
         if task.deps_left == 0 and task.state is WAITING:
             self.tasks.make_ready(task)
+
+    def came_back(self, task: Task) -> None:
+        task.placed = True
+        task.state = WAITING
+        if task.creates_actor and self.actors.admit(task, True) is not None:
+            return
+        self.tasks.make_ready(task)
 
     def take_args(self, task: Task, inline: dict, located: dict, raw) -> None:
         """A forwarded task's arguments: small ones came with it, large ones are elsewhere."""

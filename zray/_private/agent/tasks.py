@@ -50,7 +50,7 @@ WAITING, QUEUED, RUNNING, REMOTE, FINISHED = (
 class Task:
     __slots__ = ("spec", "tid", "name", "owner", "job", "demand", "gpus", "state", "worker",
                  "retries_left", "cancelled", "held", "deps", "deps_left", "returns", "shape",
-                 "actor", "origin", "err", "reserved")
+                 "actor", "origin", "err", "reserved", "placed")
 
     def __init__(self, spec: dict, owner: bytes) -> None:
         self.spec = spec
@@ -72,6 +72,7 @@ class Task:
         self.origin: Optional[bytes] = None  # the node that forwarded it here
         self.err = ""
         self.reserved = -1    # store space set aside for its result (see the dispatcher)
+        self.placed = False   # the head chose its node: its scheduling strategy is done
 
     @property
     def is_actor_task(self) -> bool:
@@ -177,7 +178,7 @@ class TaskTable:
             self.forward(task)  # a call to an actor on another node
             return
         strategy = task.spec.get("scheduling_strategy")
-        if strategy and task.origin is None and self.placed_by_strategy(task, strategy):
+        if strategy and not task.placed and self.placed_by_strategy(task, strategy):
             return
         missing = self.missing(task)
         if missing and self.forward is not None:

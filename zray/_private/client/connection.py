@@ -5,9 +5,11 @@ data flow): it joins the transport, the outbox and the object cache with a
 few named calls, and gives the API (``zray``, actors, remote functions,
 ObjectRef) and the worker loop public verbs: ``submit``, ``put``, ``get``,
 ``wait_objects``, ``cancel``, ``kill_actor``, ``reserve_name``, ``log``,
-``task_done``, ``blocked``/``unblocked``, ``query`` ...  It owns no socket,
-queue or table itself, and holds no worker state: a worker registers its
-handlers with :meth:`Client.listen` and its blocking hook as ``wait_hook``.
+``task_done``, ``blocked``/``unblocked``, ``query``, ``spec_namespace`` ...
+It owns no socket, queue or table itself, and holds no worker state: a
+worker registers its handlers with :meth:`Client.listen` and its blocking
+hook as ``wait_hook`` (a worker's namespace is read from the task it runs,
+through ``zray.runtime_context``).
 """
 
 from __future__ import annotations
@@ -44,6 +46,11 @@ class Client:
         self.agent_address = agent_address
         self.job_id = job_id or ids.new_id()
         self.arena: Any = None
+        #: The namespace ``init`` set for this driver's job; None: the job's own
+        #: anonymous namespace, ``"anonymous-" + job_id.hex()``.
+        self.namespace: Optional[str] = None
+        #: False: lines printed by this job's tasks are dropped, not printed here.
+        self.log_to_driver = True
         #: Called before a blocking get/wait; returns what to call after it (or None).
         self.wait_hook: Optional[Callable[[], Optional[Callable[[], None]]]] = None
         self._exported: set = set()
@@ -54,7 +61,7 @@ class Client:
                                    reading_wanted=self.objects.has_callbacks)
         self.outbox = self.transport.outbox
         self.transport.on(Op.OBJECT, self._on_object)
-        self.transport.on(Op.LOG, self._print_log)
+        self.transport.on(Op.LOG, self._on_log)
         self.transport.on(Op.WARN, lambda body, raw: logger.warning(
             "zray: %s", body.get("message", "")))
         self.transport.on_lost(self.objects.release_waiters)
@@ -71,6 +78,16 @@ class Client:
     @property
     def closed(self) -> bool:
         return self.transport.closed
+
+    def spec_namespace(self) -> Optional[str]:
+        """The namespace to put in the specs this process submits, or None (the
+        job's anonymous one).  A driver's is the one ``init`` set; a worker's is
+        that of the task or actor it runs, so nested work stays in it."""
+        if self.kind == "driver":
+            return self.namespace
+        from zray.runtime_context import running_namespace
+
+        return running_namespace()
 
     @property
     def lost(self) -> Optional[str]:
@@ -170,6 +187,10 @@ class Client:
                 for callback in callbacks:
                     defer(callback)
 
+    def _on_log(self, body: dict, raw: Sequence[Any]) -> None:
+        if self.log_to_driver:
+            self._print_log(body, raw)
+
     @staticmethod
     def _print_log(body: dict, raw: Sequence[Any]) -> None:
         prefix = f"({body.get('name', '?')} pid={body.get('pid', '?')}) "
@@ -244,11 +265,15 @@ class Client:
         self.objects.keep(oid, desc)
 
     def wait_objects(self, oids: Sequence[bytes], num_ready: int,
-                     timeout: Optional[float], *, pin: bool = False) -> bool:
+                     timeout: Optional[float], *, pin: bool = False,
+                     stop_on_error: bool = False) -> bool:
         """Block until ``num_ready`` of ``oids`` are here; False on timeout.
 
         With ``pin`` (a get about to read them), the agent pins the shared
-        ones it sends, which saves each read its PIN round trip.
+        ones it sends, which saves each read its PIN round trip.  With
+        ``stop_on_error`` the wait also ends (True) when one of them arrives
+        as a failure.  A ``timeout`` of 0 only looks at what is here already
+        (the I/O thread takes in pushed results while nobody reads).
         """
         if len(oids) == 1 and num_ready == 1 and self.objects.has(oids[0]):
             return True
@@ -257,15 +282,23 @@ class Client:
         waiter, new = self.objects.watch(oids, num_ready)
         if waiter is None:
             return True
+        if stop_on_error:
+            def done() -> bool:
+                return waiter.needed <= 0 or waiter.failed
+        else:
+            def done() -> bool:
+                return waiter.needed <= 0
         try:
             transport.raise_if_lost()
             if new:
                 self.send(_encode(Op.FETCH, {"object_ids": new, "pin": True} if pin
                                   else {"object_ids": new}))
+            if timeout is not None and timeout <= 0:
+                return done()  # a look, not a wait: nothing to lend the agent
             hook = self.wait_hook
             after = hook() if hook is not None else None
             try:
-                if not transport.wait_until(lambda: waiter.needed <= 0, deadline):
+                if not transport.wait_until(done, deadline):
                     return False
                 transport.raise_if_lost()
                 return True
@@ -277,14 +310,23 @@ class Client:
                 self.objects.unwatch(oids, waiter)
 
     def get(self, refs: Sequence[ObjectRef], timeout: Optional[float]) -> List[Any]:
+        """The values of ``refs``; the first failure among them is raised as
+        soon as it is here, without waiting for the others."""
         oids = [r._id for r in refs]
         objects = self.objects
         try:
-            if not self.wait_objects(oids, len(oids), timeout, pin=True):
-                raise exceptions.GetTimeoutError(
-                    f"get timed out after {timeout}s: "
-                    f"{sum(not objects.has(o) for o in oids)} of {len(oids)} objects not ready")
+            failed = objects.first_failure(oids)
+            if failed is None:
+                ready = self.wait_objects(oids, len(oids), timeout, pin=True,
+                                          stop_on_error=True)
+                failed = objects.first_failure(oids)
+                if failed is None and not ready:
+                    raise exceptions.GetTimeoutError(
+                        f"get timed out after {timeout}s: {sum(not objects.has(o) for o in oids)}"
+                        f" of {len(oids)} objects not ready")
             lookup = objects.lookup
+            if failed is not None:
+                objects.materialize(failed, lookup(failed))  # raises the failure
             return [objects.materialize(oid, lookup(oid)) for oid in oids]
         finally:
             objects.release_fetch_pins(oids)

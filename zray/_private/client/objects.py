@@ -33,6 +33,7 @@ from zray.object_ref import ObjectRef
 
 _INLINE = ObjectKind.INLINE
 _SHARED = ObjectKind.SHARED
+_ERROR = ObjectKind.ERROR
 
 
 class Descriptor:
@@ -69,12 +70,14 @@ class PinEntry:
 
 
 class Waiter:
-    """One blocked get/wait: how many more objects it needs."""
+    """One blocked get/wait: how many more objects it needs, and whether one
+    of those that arrived is a failure (a get stops waiting at the first)."""
 
-    __slots__ = ("needed",)
+    __slots__ = ("needed", "failed")
 
     def __init__(self, needed: int) -> None:
         self.needed = needed
+        self.failed = False
 
 
 class _PinKeeper:
@@ -139,6 +142,15 @@ class ObjectCache:
         if fetched is not None:
             self.unpin(oid, fetched)
         return True
+
+    def first_failure(self, oids: Sequence[bytes]) -> Optional[bytes]:
+        """The first of ``oids`` (in their order) that is here as a failure, or None."""
+        lookup = self._descriptors.get
+        for oid in oids:
+            desc = lookup(oid)
+            if desc is not None and desc.kind == _ERROR:
+                return oid
+        return None
 
     def ref_count(self) -> int:
         """How many objects this process holds refs to."""
@@ -243,8 +255,11 @@ class ObjectCache:
                 spare = PinEntry(desc.offset)
             waiters = self._waiting.pop(oid, None)
             if waiters:
+                failed = desc.kind == _ERROR
                 for waiter in waiters:
                     waiter.needed -= 1
+                    if failed:
+                        waiter.failed = True
         if spare is not None:
             self.unpin(oid, spare)
         return callbacks

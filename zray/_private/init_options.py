@@ -1,0 +1,152 @@
+"""Ray's ``init`` parameters that are not about resources: checked and applied here.
+
+``zray.init`` hands this module what it was given; this module says what is
+wrong with it (ValueError/TypeError on the caller's line), and applies the
+parts that act on the driver process itself: logging, the environment the
+session's processes start with (``runtime_env`` ``env_vars``, ``_temp_dir``),
+and which output reaches the driver.  Parameters zray accepts without effect
+are listed in the README ("Coming from Ray"); the one that asks for something
+zray lacks (a dashboard) says so in a warning.  It starts nothing itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any, Dict, Iterator, Optional, Tuple
+
+logger = logging.getLogger("zray")
+
+#: runtime_env keys zray understands (the others are refused, never ignored).
+RUNTIME_ENV_KEYS = ("env_vars", "working_dir", "config")
+
+_handler: Optional[logging.Handler] = None   # the one handler init added, if any
+
+
+class Settings:
+    """What ``init`` was asked for beyond resources, checked."""
+
+    def __init__(self, *, namespace: Optional[str] = None, runtime_env: Any = None,
+                 job_config: Any = None, labels: Any = None, system_config: Any = None,
+                 temp_dir: Optional[str] = None, log_to_driver: bool = True,
+                 include_dashboard: Optional[bool] = None) -> None:
+        job_namespace, job_env = job_config_fields(job_config)
+        self.namespace = check_namespace(namespace if namespace is not None else job_namespace)
+        self.runtime_env = dict(runtime_env if runtime_env is not None else job_env or {})
+        self.env_vars = check_runtime_env(self.runtime_env)
+        self.labels = check_labels(labels)
+        if system_config is not None and not isinstance(system_config, Mapping):
+            raise TypeError(f"zray.init: _system_config must be a dict, got "
+                            f"{type(system_config).__name__}")
+        if temp_dir is not None and (not isinstance(temp_dir, str) or not temp_dir):
+            raise TypeError(f"zray.init: _temp_dir must be a directory path, got {temp_dir!r}")
+        self.temp_dir = temp_dir
+        self.log_to_driver = bool(log_to_driver)
+        if include_dashboard:
+            logger.warning("zray: there is no dashboard; include_dashboard=True has no effect "
+                           "(see `zray status` instead)")
+
+    def check_connecting(self) -> None:
+        """What only a session ``init`` starts can honour."""
+        if self.env_vars or self.runtime_env.get("working_dir") is not None:
+            raise ValueError(
+                "zray.init(address=...): runtime_env applies to the workers zray.init starts; "
+                "a running cluster's workers started already (set env_vars in the environment "
+                "of `zray head` / `zray worker` instead)")
+        if self.labels:
+            raise ValueError("zray.init(address=...) connects to a running cluster, whose "
+                             "nodes were given their labels when they started; do not pass "
+                             "labels")
+
+    def environment(self) -> Dict[str, str]:
+        """Variables the session's processes (and so its workers) start with."""
+        env = dict(self.env_vars)
+        if self.temp_dir is not None:
+            env["ZRAY_TMPDIR"] = os.path.abspath(self.temp_dir)
+        return env
+
+
+def job_config_fields(job_config: Any) -> Tuple[Optional[str], Any]:
+    """(namespace, runtime_env) of a Ray JobConfig (or a dict with those keys)."""
+    if job_config is None:
+        return None, None
+    if isinstance(job_config, Mapping):
+        return job_config.get("ray_namespace"), job_config.get("runtime_env")
+    return getattr(job_config, "ray_namespace", None), getattr(job_config, "runtime_env", None)
+
+
+def check_namespace(namespace: Any) -> Optional[str]:
+    if namespace is None:
+        return None
+    if not isinstance(namespace, str) or not namespace:
+        raise TypeError(f"zray.init: namespace must be a non-empty string, got {namespace!r}")
+    return namespace
+
+
+def check_runtime_env(runtime_env: Mapping) -> Dict[str, str]:
+    """The env_vars of a runtime_env; refuses what zray cannot provide."""
+    if not isinstance(runtime_env, Mapping):
+        raise TypeError(f"zray.init: runtime_env must be a dict, got "
+                        f"{type(runtime_env).__name__}")
+    unsupported = sorted(k for k in runtime_env if k not in RUNTIME_ENV_KEYS)
+    if unsupported:
+        raise ValueError(f"zray.init: runtime_env {', '.join(map(repr, unsupported))} is not "
+                         f"supported; zray runs every task in the driver's Python environment "
+                         f"(supported: {', '.join(RUNTIME_ENV_KEYS)})")
+    working_dir = runtime_env.get("working_dir")
+    if working_dir is not None and (not isinstance(working_dir, str) or
+                                    os.path.realpath(working_dir) != os.path.realpath(".")):
+        raise ValueError(f"zray.init: runtime_env working_dir must be the driver's current "
+                         f"directory (the workers' own), got {working_dir!r}: zray does not "
+                         f"upload directories")
+    env_vars = runtime_env.get("env_vars") or {}
+    if not isinstance(env_vars, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in env_vars.items()):
+        raise TypeError(f"zray.init: runtime_env env_vars must be a dict of str to str, "
+                        f"got {env_vars!r}")
+    return dict(env_vars)
+
+
+def check_labels(labels: Any) -> Dict[str, str]:
+    if labels is None:
+        return {}
+    if not isinstance(labels, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
+        raise TypeError(f"zray.init: labels must be a dict of str to str, got {labels!r}")
+    return dict(labels)
+
+
+@contextlib.contextmanager
+def scoped_environ(updates: Dict[str, str]) -> Iterator[None]:
+    """``os.environ`` with ``updates`` while processes are started, then as it was."""
+    saved = {name: os.environ.get(name) for name in updates}
+    os.environ.update(updates)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def configure_logging(level: Any, fmt: Optional[str]) -> None:
+    """The ``zray`` logger's level and, if a format is given, its own handler."""
+    global _handler
+    if isinstance(level, str):
+        level = level.upper()
+    try:
+        logger.setLevel(level)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"zray.init: logging_level {level!r} is not a logging level: "
+                         f"{exc}") from None
+    if fmt is None:
+        return
+    if _handler is not None:
+        logger.removeHandler(_handler)
+    _handler = logging.StreamHandler()
+    _handler.setFormatter(logging.Formatter(fmt))
+    logger.addHandler(_handler)
