@@ -14,7 +14,8 @@ import pytest
 import zray
 from zray import actor as actor_mod
 from zray._private import options, signature
-from zray._private.options import ACTOR_OPTIONS, METHOD_OPTIONS, TASK_OPTIONS, validate_options
+from zray._private.options import (ACTOR_OPTIONS, METHOD_OPTIONS, TASK_OPTIONS, run_settings,
+                                  validate_options)
 from zray.remote_function import RemoteFunction, _Call, remote_decorator
 
 
@@ -127,10 +128,11 @@ def test_gpu_tasks_default_to_one_call_per_worker():
     assert "max_calls" not in _Call({}, "f").extra
 
 
-def test_env_vars_travel_as_run_settings():
-    assert _Call({}, "f").settings is None
-    settings = _Call({"runtime_env": {"env_vars": {"A": "1"}}}, "f").settings
-    assert pickle.loads(pickle.dumps(settings)).env_vars == {"A": "1"}
+def test_env_vars_and_concurrency_groups_travel_in_the_spec():
+    assert "env_vars" not in _Call({}, "f").extra
+    assert _Call({"runtime_env": {"env_vars": {"A": "1"}}}, "f").extra["env_vars"] == {"A": "1"}
+    assert run_settings({"concurrency_groups": {"io": 2}}) == {"concurrency_groups": {"io": 2}}
+    assert run_settings({"runtime_env": {"config": {}}}) == {}
 
 
 # ------------------------------------------------------------------ the decorator

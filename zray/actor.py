@@ -35,7 +35,7 @@ from zray import exceptions
 from zray._private import ids, protocol, signature, state
 from zray._private.names import anonymous_namespace
 from zray._private.options import (
-    ACTOR_OPTIONS, METHOD_OPTIONS, RunSettings, resource_demand, retry_exceptions_wire,
+    ACTOR_OPTIONS, METHOD_OPTIONS, run_settings, resource_demand, retry_exceptions_wire,
     strategy_wire, validate_options,
 )
 from zray.object_ref import ObjectRef
@@ -248,9 +248,6 @@ class ActorClass:
         if options.get("get_if_exists") and not name:
             raise ValueError(f"{self._name}: get_if_exists=True needs a name")
         fid = self._export(client)
-        settings = RunSettings.of(options)
-        if settings is not None:
-            args = (settings, *args)
         args_part, keep = client.encode_args(args, kwargs, f"{self._name}.__init__")
         namespace = options.get("namespace") or (job_namespace(client) if name
                                                  else client.spec_namespace())
@@ -263,7 +260,8 @@ class ActorClass:
             max_concurrency=options.get("max_concurrency") or (1000 if self._async else 1),
             is_async=self._async, class_name=self._name, actor_name=name,
             namespace=namespace, detached=options.get("lifetime") == "detached",
-            scheduling_strategy=strategy_wire(options.get("scheduling_strategy")))
+            scheduling_strategy=strategy_wire(options.get("scheduling_strategy")),
+            **run_settings(options))
         if name:
             # Claim the name before anything runs, so a clash fails here.
             existing = client.reserve_name(

@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from zray._private import ids, protocol, signature, state
 from zray._private.options import (  # noqa: F401  (the option table, public here)
-    ACTOR_OPTIONS, ALIASES, TASK_OPTIONS, Option, RunSettings, check_names, defaults,
+    ACTOR_OPTIONS, ALIASES, TASK_OPTIONS, Option, run_settings, check_names, defaults,
     resource_demand, retry_exceptions_wire, strategy_wire, validate_options,
 )
 
@@ -31,7 +31,7 @@ _NO_BINDER: Any = False   # the signature could not be read: arguments are not c
 class _Call:
     """Everything fixed about calls with one set of options, computed once."""
 
-    __slots__ = ("num_returns", "demand", "max_retries", "extra", "name", "settings")
+    __slots__ = ("num_returns", "demand", "max_retries", "extra", "name")
 
     def __init__(self, options: Dict[str, Any], default_name: str) -> None:
         merged = defaults(TASK_OPTIONS, options)
@@ -53,9 +53,9 @@ class _Call:
         strategy = strategy_wire(merged["scheduling_strategy"])
         if strategy is not None:
             extra["scheduling_strategy"] = strategy
+        extra.update(run_settings(merged))
         self.extra = extra
         self.name = merged["name"] or default_name
-        self.settings = RunSettings.of(merged)
 
 
 class RemoteFunction:
@@ -137,8 +137,6 @@ class RemoteFunction:
             client = _auto_init()
         self._check_args(args, kwargs)
         fid = self._export(client)
-        if call.settings is not None:
-            args = (call.settings, *args)
         args_part, keep = client.encode_args(args, kwargs, call.name)
         extra = call.extra
         namespace = client.spec_namespace()  # None: the job's anonymous one

@@ -29,7 +29,6 @@ from typing import Any, Callable, Dict, List, Optional
 
 from zray import exceptions
 from zray._private import protocol
-from zray._private.options import RunSettings
 from zray._private.protocol import Op
 
 
@@ -88,11 +87,8 @@ class ActorHost:
         self.spec = spec
         self.actor_id = spec.get("actor_id", b"")
         self.class_name = spec.get("class_name", cls.__name__)
-        settings = None
-        if args and type(args[0]) is RunSettings:
-            settings, args = args[0], args[1:]
-            if settings.env_vars:
-                os.environ.update(settings.env_vars)  # for the actor's whole life
+        if spec.get("env_vars"):
+            os.environ.update(spec["env_vars"])  # for the actor's whole life
         try:
             self.instance = cls(*args, **kwargs)
         except BaseException as exc:
@@ -100,7 +96,7 @@ class ActorHost:
                 tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
                 self.error = f"{type(exc).__name__}: {exc}\n{tb}"
             raise
-        groups = settings.concurrency_groups if settings is not None else {}
+        groups = spec.get("concurrency_groups") or {}
         concurrency = int(spec.get("max_concurrency", 1))
         if spec.get("is_async"):
             self.start_event_loop(concurrency, groups, _groups_of(cls))

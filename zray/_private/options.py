@@ -19,9 +19,9 @@ Generators (``num_returns="streaming"``/``"dynamic"``) are not supported.
 
 The rest turns checked options into what a task spec carries: the resource
 demand (:func:`resource_demand`), the scheduling strategy's wire form
-(:func:`strategy_wire`) and ``retry_exceptions`` (:func:`retry_exceptions_wire`),
-plus :class:`RunSettings`, the settings a worker applies around a call that
-the spec has no field for.  Pure: nothing here talks to the cluster.
+(:func:`strategy_wire`), ``retry_exceptions`` (:func:`retry_exceptions_wire`),
+and ``env_vars``/``concurrency_groups`` (:func:`run_settings`).  Pure: nothing
+here talks to the cluster.
 """
 
 from __future__ import annotations
@@ -244,47 +244,33 @@ def retry_exceptions_wire(value: Any) -> Any:
     return cloudpickle.dumps(tuple(value), protocol=5)
 
 
-class RunSettings:
-    """Settings a worker applies around a call, for options the task spec has no
-    field for: ``runtime_env``'s ``env_vars`` and an actor's ``concurrency_groups``.
+def run_settings(options: Mapping[str, Any]) -> Dict[str, Any]:
+    """The spec fields ``runtime_env``'s ``env_vars`` and an actor's
+    ``concurrency_groups`` become, only those that are set."""
+    fields: Dict[str, Any] = {}
+    env_vars = dict((options.get("runtime_env") or {}).get("env_vars") or {})
+    if env_vars:
+        fields["env_vars"] = env_vars
+    groups = options.get("concurrency_groups") or {}
+    if groups:
+        fields["concurrency_groups"] = dict(groups)
+    return fields
 
-    It travels as the first of the call's pickled arguments, only when there
-    is something to say; the worker takes it off before calling.
-    """
 
-    __slots__ = ("env_vars", "concurrency_groups")
+def apply_env(env_vars: Dict[str, str]) -> Dict[str, Optional[str]]:
+    """Set the env vars; returns what to restore."""
+    import os
 
-    def __init__(self, env_vars: Optional[Dict[str, str]] = None,
-                 concurrency_groups: Optional[Dict[str, int]] = None) -> None:
-        self.env_vars = env_vars or {}
-        self.concurrency_groups = concurrency_groups or {}
+    before = {key: os.environ.get(key) for key in env_vars}
+    os.environ.update(env_vars)
+    return before
 
-    def __reduce__(self):
-        return (RunSettings, (self.env_vars, self.concurrency_groups))
 
-    @staticmethod
-    def of(options: Mapping[str, Any]) -> Optional["RunSettings"]:
-        """The settings ``options`` ask for, or None when there are none."""
-        env_vars = dict((options.get("runtime_env") or {}).get("env_vars") or {})
-        groups = options.get("concurrency_groups") or {}
-        if not env_vars and not groups:
-            return None
-        return RunSettings(env_vars, dict(groups))
+def restore_env(before: Dict[str, Optional[str]]) -> None:
+    import os
 
-    def apply_env(self) -> Dict[str, Optional[str]]:
-        """Set the env vars; returns what to restore."""
-        import os
-
-        before = {key: os.environ.get(key) for key in self.env_vars}
-        os.environ.update(self.env_vars)
-        return before
-
-    @staticmethod
-    def restore_env(before: Dict[str, Optional[str]]) -> None:
-        import os
-
-        for key, value in before.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    for key, value in before.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value

@@ -4,13 +4,12 @@ A message is a list of ZeroMQ frames::
 
     [header, *raw]
 
-``header`` is msgpack of ``[VERSION, op, body]`` where ``op`` is an :class:`Op`
-and ``body`` a dict of plain values, declared below as one ``TypedDict`` per
-op (its fields are the keys on the wire).  Bulk bytes (object data, pickled
-functions, large arguments) never go through msgpack: they follow the header
-as their own frames, and a body names a frame by its index into ``raw``
-(fields called ``frame``).  A ROUTER peer sees the sender's identity frame
-in front of the header.
+``header`` is msgpack of ``[VERSION, op, body]``: ``op`` an :class:`Op`, ``body``
+a dict of plain values declared below as one ``TypedDict`` per op (its fields
+are the keys on the wire).  Bulk bytes (object data, pickled functions, large
+arguments) never go through msgpack: they follow the header as frames of their
+own, named in a body by their index into ``raw`` (fields called ``frame``).  A
+ROUTER peer sees the sender's identity frame first.
 
 Requests that expect an answer carry ``req``, a number the reply repeats;
 every request gets its reply or an :class:`Error`, never silence.
@@ -37,7 +36,6 @@ import msgpack
 
 from zray._private.ids import object_id
 
-
 VERSION = 2
 
 #: Objects whose serialized size is at most this travel inline in messages.
@@ -50,9 +48,9 @@ HEARTBEAT_LIVENESS = 6          # missed intervals before the peer is taken for 
 #: How often a task is retried after its worker (or node) died, unless told.
 DEFAULT_MAX_RETRIES = 3
 
-#: Object transfer between nodes.
+#: Object transfer between nodes (CHUNK_WINDOW: chunk requests in flight per pull).
 CHUNK_BYTES = 8 * 1024 * 1024
-CHUNK_WINDOW = 4                # chunk requests in flight per object pulled
+CHUNK_WINDOW = 4
 
 #: The head's PUB topics: the frame in front of each PUB message's header.
 TOPIC_NODE = b"node"            # PUB_NODE
@@ -179,6 +177,8 @@ class TaskSpec(TypedDict, total=False):
     detached: bool
     retry_exceptions: Any       # True, or pickled exception types: retried when raised
     scheduling_strategy: list   # ["SPREAD"] or ["NODE", node_id, soft]; absent: default
+    env_vars: Dict[str, str]    # runtime_env's: set around the call (an actor: for its life)
+    concurrency_groups: Dict[str, int]  # an actor's: group name -> calls at once
 
 
 _TASK_FIELDS = frozenset(TaskSpec.__annotations__)
@@ -314,9 +314,10 @@ class ReserveName(TypedDict, total=False):
     get_if_exists: bool
 
 
-class Kill(TypedDict):
+class Kill(TypedDict, total=False):
     actor_id: bytes
     no_restart: bool
+    reason: str          # why, for the actor's callers (exit_actor: it exited on purpose)
 
 
 class Pin(TypedDict):
@@ -504,8 +505,8 @@ class PubObject(TypedDict, total=False):
     freed: List[bytes]
 
 
-#: The body declared for each op (BLOCKED, UNBLOCKED, BYE, EXIT, NAME_RESERVED
-#: carry nothing but, for replies, ``req``).
+#: The body declared for each op (BLOCKED, UNBLOCKED, BYE and EXIT carry nothing;
+#: NAME_RESERVED is described with ReserveName).
 BODIES: Dict[Op, Any] = {
     Op.HELLO: Hello, Op.EXPORT: Export, Op.SUBMIT: Submit, Op.ADDREF: ObjectIds,
     Op.DECREF: ObjectIds, Op.FETCH: Fetch, Op.PUT: Put, Op.ALLOC: Alloc, Op.SEAL: Seal,

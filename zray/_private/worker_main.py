@@ -48,7 +48,7 @@ from zray import exceptions
 from zray._private import protocol, serialization, state
 from zray._private.actor_worker import ActorExit, ActorHost
 from zray._private.client import Client, Descriptor, decode_args
-from zray._private.options import RunSettings
+from zray._private.options import apply_env, restore_env
 from zray._private.protocol import ObjectKind, Op
 
 
@@ -365,9 +365,8 @@ class Worker:
             else:
                 fn = self.load_function(spec["function_id"], body, raw)
             args, kwargs = self.load_args(spec, body, raw)
-            if args and type(args[0]) is RunSettings and not spec.get("new_actor"):
-                fn = functools.partial(self.call_with_settings, args[0], fn)
-                args = args[1:]
+            if spec.get("env_vars") and not spec.get("new_actor"):
+                fn = functools.partial(self.call_with_env, spec["env_vars"], fn)
         finally:
             # The argument views hold pins of their own; a task that failed
             # before reading its arguments gives the agent's pins back here.
@@ -451,17 +450,17 @@ class Worker:
             loop.close()
             raise
 
-    def call_with_settings(self, settings: RunSettings, fn: Callable, *args: Any,
-                           **kwargs: Any) -> Any:
+    def call_with_env(self, env_vars: Dict[str, str], fn: Callable, *args: Any,
+                      **kwargs: Any) -> Any:
         """Call a task's function with its runtime_env's env_vars set."""
-        before = settings.apply_env()
+        before = apply_env(env_vars)
         try:
             value = fn(*args, **kwargs)
             if inspect.iscoroutine(value):
                 value = self.run_coroutine(value)
             return value
         finally:
-            settings.restore_env(before)
+            restore_env(before)
 
     # ------------------------------------------------------------------ values
     @staticmethod
