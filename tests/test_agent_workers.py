@@ -177,3 +177,24 @@ def test_calls_with_retries_left_run_again_on_the_restarted_actor(agent):
     assert sent(agent, Op.EXECUTE, fresh)[-1]["task"]["task_id"] == retried["task_id"]
     done(agent, fresh, retried["task_id"], b"ok")
     assert bytes(results_for(agent)[ids.object_id(retried["task_id"], 0)][1]) == b"ok"
+
+
+def test_a_call_waiting_for_its_arguments_holds_back_only_its_own_callers_calls(agent):
+    wid = add_worker(agent, 300)
+    start_actor(agent, wid)
+    other = add_worker(agent, 301)
+    producer = spec("producer")
+    [pending] = submit(agent, producer)          # runs on the other worker
+    waits = call("waits")
+    waits["deps"] = [pending]
+    later_same = call("later_same")
+    agent.on_submit(DRIVER, {"tasks": [waits, later_same]}, [])
+    agent.on_hello(b"C" * 16, {"kind": "driver", "pid": 3, "job_id": b"job"}, [])
+    from_other = call("from_other")
+    agent.on_submit(b"C" * 16, {"tasks": [from_other]}, [])
+    agent.dispatch()
+    sent_calls = [b["task"]["name"] for b in sent(agent, Op.EXECUTE, wid)][1:]
+    assert sent_calls == ["from_other"]  # the other caller is not held back
+    done(agent, other, producer["task_id"])
+    sent_calls = [b["task"]["name"] for b in sent(agent, Op.EXECUTE, wid)][1:]
+    assert sent_calls == ["from_other", "waits", "later_same"]  # its caller's order kept

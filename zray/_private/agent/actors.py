@@ -148,26 +148,34 @@ class ActorTable:
                 self.pump(actor)
 
     def pump(self, actor: ActorRec) -> None:
-        """Send an actor its ready calls, in submission order."""
+        """Send an actor its ready calls, each caller's in the order it made them.
+
+        As in Ray, order holds per caller: a call waiting for its arguments
+        holds back the later calls of its caller, not those of other callers
+        (which may be what makes its arguments).
+        """
         if actor.state is not ActorState.ALIVE or actor.worker is None:
             return
         queue = actor.queue
         worker = actor.worker
         messages = []
+        waiting: Deque[Task] = collections.deque()
+        held_back: set = set()      # callers with a call still waiting for its arguments
         while queue:
-            task = queue[0]
+            task = queue.popleft()
             if task.state is FINISHED:
-                queue.popleft()
                 continue
-            if task.state is not QUEUED:
-                break  # an earlier call still waits for its arguments
-            queue.popleft()
+            if task.state is not QUEUED or task.owner in held_back:
+                held_back.add(task.owner)
+                waiting.append(task)
+                continue
             task.state = RUNNING
             task.worker = worker
             actor.inflight[task.tid] = task
             message = self.dispatcher.execute_message(worker, task)
             if message is not None:
                 messages.append(message)
+        actor.queue = waiting
         if messages and not self.wire.send_batch(worker.wid, Op.EXECUTE, messages):
             self.workers.died(worker, "unreachable")
 
