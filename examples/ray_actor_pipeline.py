@@ -47,6 +47,9 @@ with ray.init(num_cpus=2):
         def pid(self):
             return os.getpid()
 
+        def reconstructed(self):
+            return ray.get_runtime_context().was_current_actor_reconstructed
+
         def crash_once(self, marker: str):
             if not os.path.exists(marker):
                 open(marker, "w").close()
@@ -55,11 +58,13 @@ with ray.init(num_cpus=2):
 
     fragile = Fragile.remote()
     first = ray.get(fragile.pid.remote())
+    assert ray.get(fragile.reconstructed.remote()) is False
     marker = os.path.join(ray.get_runtime_context().get_job_id() + ".crashed")
     marker = os.path.abspath(marker)
     try:
         assert ray.get(fragile.crash_once.remote(marker), timeout=60) == "survived"
         assert ray.get(fragile.pid.remote()) != first
+        assert ray.get(fragile.reconstructed.remote()) is True
     finally:
         if os.path.exists(marker):
             os.unlink(marker)
