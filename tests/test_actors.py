@@ -15,6 +15,7 @@ import uuid
 
 import psutil
 import pytest
+from waiting import wait_pid_gone
 
 import zray
 from zray import exceptions
@@ -43,15 +44,6 @@ def wait_until(predicate, what, timeout=20.0):
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(0.05)
-
-
-def wait_pid_gone(pid, timeout=20.0):
-    try:
-        proc = psutil.Process(pid)
-    except psutil.NoSuchProcess:
-        return
-    _, alive = psutil.wait_procs([proc], timeout=timeout)
-    assert not alive, f"process {pid} still runs {timeout}s later"
 
 
 def available_cpu():

@@ -14,8 +14,8 @@ import threading
 import time
 import uuid
 
-import psutil
 import pytest
+from waiting import wait_pid_gone
 
 import zray
 from zray import exceptions
@@ -46,15 +46,6 @@ def count_lines(path):
 def note(path, text="x"):
     with open(path, "a") as f:
         f.write(text + "\n")
-
-
-def wait_pid_gone(pid, timeout=20.0):
-    try:
-        proc = psutil.Process(pid)
-    except psutil.NoSuchProcess:
-        return
-    _, alive = psutil.wait_procs([proc], timeout=timeout)
-    assert not alive, f"process {pid} still runs {timeout}s later"
 
 
 # ------------------------------------------------------------------ binding

@@ -2,6 +2,8 @@
 
 import time
 
+import psutil
+
 
 def eventually(condition, within: float = 10.0) -> bool:
     """Whether ``condition()`` comes true before ``within`` seconds pass."""
@@ -11,3 +13,12 @@ def eventually(condition, within: float = 10.0) -> bool:
             return False
         time.sleep(0.02)
     return True
+
+
+def wait_pid_gone(pid, timeout=20.0):
+    try:
+        proc = psutil.Process(pid)
+    except psutil.NoSuchProcess:
+        return
+    _, alive = psutil.wait_procs([proc], timeout=timeout)
+    assert not alive, f"process {pid} still runs {timeout}s later"

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Un
 
 from zray import exceptions
 from zray._private import state
+from zray._private.lazy import lazy_getattr
 from zray.object_ref import ActorID, JobID, NodeID, ObjectID, ObjectRef, TaskID, WorkerID
 
 if TYPE_CHECKING:
@@ -42,17 +43,7 @@ _LAZY = {
 _SUBMODULES = ("actor", "object_ref", "remote_function", "cli", "util", "runtime_context")
 
 
-def __getattr__(name: str) -> Any:
-    import importlib
-
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-    elif name in _SUBMODULES:
-        value = importlib.import_module(f"zray.{name}")
-    else:
-        raise AttributeError(f"module 'zray' has no attribute {name!r}")
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _LAZY, _SUBMODULES)
 
 
 def __dir__() -> List[str]:

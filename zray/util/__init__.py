@@ -9,7 +9,9 @@ Modules load on first use: ``import zray.util`` costs little.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Dict, List, Union
+from typing import TYPE_CHECKING, Dict, List, Union
+
+from zray._private.lazy import lazy_getattr
 
 if TYPE_CHECKING:
     from zray.util.actor_pool import ActorPool
@@ -28,17 +30,7 @@ _SUBMODULES = ("actor_pool", "queue", "scheduling_strategies", "serialization", 
                "check_serialize")
 
 
-def __getattr__(name: str) -> Any:
-    import importlib
-
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-    elif name in _SUBMODULES:
-        value = importlib.import_module(f"zray.util.{name}")
-    else:
-        raise AttributeError(f"module 'zray.util' has no attribute {name!r}")
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _LAZY, _SUBMODULES)
 
 
 def list_named_actors(all_namespaces: bool = False) -> List[Union[str, Dict[str, str]]]:
