@@ -62,10 +62,12 @@ class PipeTemplate:
 
 
 def make_agent(tmp_path: Any, cpus: float = 2, store: int = 1 << 20,
-               resources: Optional[dict] = None) -> Agent:
+               resources: Optional[dict] = None, token: Optional[str] = None) -> Agent:
+    """An agent with its parts; with ``token``, a node of a TCP cluster (it has a
+    ClusterLink, whose messages to the head stay in ``agent.wire.to_head``)."""
     agent = Agent(session_dir=str(tmp_path), node_id=NODE, head_address="ipc:///nowhere",
                   resources={"CPU": cpus, **(resources or {})}, gpu_ids=[],
-                  store_bytes=store, parent_pid=None)
+                  store_bytes=store, parent_pid=None, token=token)
     agent.objects.arena = MemoryArena(store)
     agent.objects.spill = SpillStore(str(tmp_path))
     agent.workers.template = PipeTemplate()

@@ -188,3 +188,25 @@ def test_on_a_single_node_a_soft_affinity_elsewhere_runs_here_and_a_hard_one_fai
     assert "not part of this cluster" in str(err) and "not soft" in str(err)
     done(agent, wid, soft["task_id"])
     assert executed(agent, wid) == [soft["task_id"], here["task_id"]]
+
+
+def test_a_task_the_head_places_back_on_a_node_that_handed_it_on_runs_there(tmp_path):
+    from zray._private import security
+
+    agent = make_agent(tmp_path, cpus=1, token=security.new_token())
+    export(agent)
+    try:
+        wid = add_worker(agent, 100)
+        spread = spec("spread", scheduling_strategy=["SPREAD"])
+        [r] = submit(agent, spread)
+        op, forward, frames = agent.wire.to_head[-1]
+        assert op == Op.FORWARD and forward["origin"] == agent.node_id
+        assert executed(agent, wid) == []  # the head decides where
+        agent.cluster.on_forward(forward, list(frames))  # ... and it says: here
+        agent.dispatch()
+        assert executed(agent, wid) == [spread["task_id"]]
+        done(agent, wid, spread["task_id"], b"ok")
+        assert bytes(results_for(agent)[r][1]) == b"ok"
+        assert len([m for m in agent.wire.to_head if m[0] == Op.FORWARD]) == 1  # not again
+    finally:
+        agent.workers.template.close()

@@ -231,8 +231,8 @@ class ClusterLink:
 
     def offload(self, task: Task, queued: int) -> bool:
         """A saturated node hands the head of a queue to a node that is idle now."""
-        if task.spec.get("scheduling_strategy"):
-            return False  # it was placed here on purpose: it waits here
+        if task.placed or task.spec.get("scheduling_strategy"):
+            return False  # the head (or its strategy) put it here: it waits here
         me = self.node_id.hex()
         others = [n for n in self.head.nodes if n.get("alive") and n.get("node_id") != me]
         if not others:
@@ -264,8 +264,8 @@ class ClusterLink:
         spec = body["task"]
         known = self.tasks.get(spec["task_id"])
         if known is not None:
-            if known.state is REMOTE and body["origin"] == self.node_id:
-                self.came_back(known)  # the head placed it on the node it came from
+            if known.state is REMOTE:
+                self.came_back(known)  # the head placed it on a node it had passed
             return
         if "function_frame" in body:
             self.tasks.add_function(spec["function_id"], raw[body["function_frame"]],
