@@ -38,23 +38,14 @@ from zray._private.ids import object_id
 
 VERSION = 2
 
-#: Objects whose serialized size is at most this travel inline in messages.
-INLINE_THRESHOLD = 100 * 1024
-
-#: Liveness, both ways between the head and each node agent.
-HEARTBEAT_INTERVAL = 0.5
-HEARTBEAT_LIVENESS = 6          # missed intervals before the peer is taken for dead
-
-#: How often a task is retried after its worker (or node) died, unless told.
-DEFAULT_MAX_RETRIES = 3
-
-#: Object transfer between nodes (CHUNK_WINDOW: chunk requests in flight per pull).
-CHUNK_BYTES = 8 * 1024 * 1024
-CHUNK_WINDOW = 4
-
-#: The head's PUB topics: the frame in front of each PUB message's header.
-TOPIC_NODE = b"node"            # PUB_NODE
-TOPIC_OBJECT = b"obj"           # PUB_OBJECT
+INLINE_THRESHOLD = 100 * 1024   # objects at most this big travel inline in messages
+HEARTBEAT_INTERVAL = 0.5        # liveness, both ways between the head and each agent ...
+HEARTBEAT_LIVENESS = 6          # ... missed intervals before the peer is taken for dead
+DEFAULT_MAX_RETRIES = 3         # retries after a task's worker (or node) died, unless told
+CHUNK_BYTES = 8 * 1024 * 1024   # object transfer between nodes: the piece of one PULL ...
+CHUNK_WINDOW = 4                # ... and how many are in flight per object pulled
+TOPIC_NODE = b"node"            # the head's PUB topics (the frame before the header)
+TOPIC_OBJECT = b"obj"
 
 
 class Op(enum.IntEnum):
@@ -514,8 +505,8 @@ BODIES: Dict[Op, Any] = {
     Op.ABORT: Abort, Op.KILL: Kill, Op.PIN: Pin, Op.UNPIN: ObjectIds,
     Op.RESERVE_NAME: ReserveName, Op.WELCOME: Welcome, Op.OBJECT: Descriptor,
     Op.EXECUTE: Execute, Op.ALLOC_REPLY: OffsetReply, Op.PIN_REPLY: OffsetReply,
-    Op.QUERY_REPLY: QueryReply,
-    Op.WARN: Warn, Op.INTERRUPT: Interrupt, Op.ERROR: Error, Op.REGISTER: NodeInfo,
+    Op.QUERY_REPLY: QueryReply, Op.WARN: Warn, Op.INTERRUPT: Interrupt, Op.ERROR: Error,
+    Op.REGISTER: NodeInfo,
     Op.REGISTERED: Registered, Op.HEARTBEAT: Heartbeat, Op.HEARTBEAT_ACK: HeartbeatAck,
     Op.HEAD_QUERY: HeadQuery, Op.HEAD_REPLY: HeadReply, Op.FORWARD: Forward,
     Op.RESULT: Result, Op.TASK_FAILED: TaskFailed, Op.TASK_UNPLACEABLE: TaskUnplaceable,
