@@ -165,6 +165,28 @@ def test_errors_cross_nodes(cluster):
     assert "on gamma" in str(info.value)
 
 
+def test_a_generator_on_another_node_streams_its_items(cluster, tmp_path):
+    @zray.remote(resources={"gamma": 1})
+    def produce(gate, n):
+        yield zray.get_runtime_context().get_node_id()
+        while not os.path.exists(gate):
+            time.sleep(0.01)
+        for i in range(1, n):
+            yield np.full(200_000, i, dtype=np.int64) if i % 2 else i
+        raise ValueError("done on gamma")
+
+    gate = str(tmp_path / "gate")
+    gen = produce.remote(gate, 4)
+    assert zray.get(next(gen), timeout=30) == cluster.nodes["gamma"]  # before the rest
+    open(gate, "w").close()
+    refs = list(gen)
+    assert len(refs) == 4
+    first, second, third = zray.get(refs[:3], timeout=30)
+    assert int(first[0]) == 1 and second == 2 and int(third[-1]) == 3
+    with pytest.raises(ValueError, match="done on gamma"):
+        zray.get(refs[3], timeout=30)
+
+
 def test_100mb_object_made_on_one_node_read_on_another(cluster):
     n = 100 * 1024 * 1024 // 8
 

@@ -314,6 +314,16 @@ def test_named_actors_live_in_namespaces():
     assert mine == zray.get_actor(name)
 
 
+def test_an_actor_runs_in_its_jobs_namespace_whatever_its_names():
+    @zray.remote
+    class Where:
+        def namespace(self):
+            return zray.get_runtime_context().namespace
+
+    named = Where.options(name=unique("where"), namespace="elsewhere").remote()
+    assert zray.get(named.namespace.remote()) == zray.get_runtime_context().namespace
+
+
 def test_a_task_finds_its_jobs_named_actors():
     name = unique("shape")
     Shape.options(name=name).remote(6)

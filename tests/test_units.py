@@ -120,7 +120,7 @@ def test_head_ops_carry_readable_fields():
     # The agent and the head read these by name: a rename on one side only
     # would pass every single-node test.
     assert set(protocol.Result.__annotations__) == {"task_id", "origin", "node_id", "results",
-                                                    "error"}
+                                                    "error", "partial"}
     assert set(protocol.TaskFailed.__annotations__) == {"task_id", "error_type", "message"}
     assert set(protocol.TaskUnplaceable.__annotations__) == {"task_id", "message"}
     assert set(protocol.ObjectsFreed.__annotations__) == {"node_id", "object_ids"}

@@ -26,7 +26,10 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Un
 from zray import exceptions
 from zray._private import state
 from zray._private.lazy import lazy_getattr
-from zray.object_ref import ActorID, JobID, NodeID, ObjectID, ObjectRef, TaskID, WorkerID
+from zray.object_ref import (
+    ActorID, DynamicObjectRefGenerator, JobID, NodeID, ObjectID, ObjectRef, ObjectRefGenerator,
+    TaskID, WorkerID,
+)
 
 if TYPE_CHECKING:
     from zray.actor import ActorClass, ActorHandle, get_actor, kill, method
@@ -414,5 +417,5 @@ __all__ = [
     "get_gpu_ids", "cluster_resources", "available_resources", "nodes", "error_info",
     "get_runtime_context", "ObjectRef", "ObjectID", "TaskID", "ActorID", "NodeID", "JobID",
     "WorkerID", "exceptions", "__version__", "method", "kill", "get_actor", "ActorHandle",
-    "ActorClass",
+    "ActorClass", "ObjectRefGenerator", "DynamicObjectRefGenerator",
 ]

@@ -38,7 +38,7 @@ from zray._private.options import (
     ACTOR_OPTIONS, METHOD_OPTIONS, run_settings, resource_demand, retry_exceptions_wire,
     strategy_wire, validate_options,
 )
-from zray.object_ref import ObjectRef
+from zray.object_ref import ObjectRef, ObjectRefGenerator
 
 #: Methods every actor has, as in Ray: wait until it is up; end it after queued calls.
 BUILTIN_METHODS = ("__ray_ready__", "__ray_terminate__")
@@ -130,6 +130,9 @@ def method_table(cls: type) -> Dict[str, MethodInfo]:
             continue
         if inspect.isfunction(member) or inspect.ismethod(member):
             options = getattr(member, "__zray_method_options__", {})
+            if "num_returns" not in options and (inspect.isgeneratorfunction(member) or
+                                                 inspect.isasyncgenfunction(member)):
+                options = dict(options, num_returns="streaming")  # Ray's default
             params = signature.to_wire(signature.method_signature(cls, name))
             table[name] = MethodInfo.of(name, options, params)
     for name in BUILTIN_METHODS:
@@ -249,8 +252,8 @@ class ActorClass:
             raise ValueError(f"{self._name}: get_if_exists=True needs a name")
         fid = self._export(client)
         args_part, keep = client.encode_args(args, kwargs, f"{self._name}.__init__")
-        namespace = options.get("namespace") or (job_namespace(client) if name
-                                                 else client.spec_namespace())
+        # The name's namespace; the actor itself runs in its job's namespace.
+        namespace = (options.get("namespace") or job_namespace(client)) if name else None
         actor_id = ids.new_id()
         spec = protocol.task_spec(
             task_id=ids.new_id(), job_id=client.job_id, name=f"{self._name}.__init__",
@@ -259,7 +262,8 @@ class ActorClass:
             max_restarts=options.get("max_restarts", 0),
             max_concurrency=options.get("max_concurrency") or (1000 if self._async else 1),
             is_async=self._async, class_name=self._name, actor_name=name,
-            namespace=namespace, detached=options.get("lifetime") == "detached",
+            namespace=client.spec_namespace(), name_namespace=namespace,
+            detached=options.get("lifetime") == "detached",
             scheduling_strategy=strategy_wire(options.get("scheduling_strategy")),
             **run_settings(options))
         if name:
@@ -343,14 +347,20 @@ class ActorHandle:
         args_part, keep = client.encode_args(args, kwargs, task_name)
         retries = info.max_task_retries
         num_returns = info.num_returns
+        generator = num_returns if isinstance(num_returns, str) else None
+        if generator:
+            num_returns = 1
         spec = protocol.task_spec(
             task_id=ids.new_id(), job_id=client.job_id, name=task_name,
             num_returns=num_returns, resources={},
             max_retries=self._max_task_retries if retries is None else retries,
             args=args_part, actor_id=self._actor_id, method=info.name,
-            retry_exceptions=info.retry_exceptions, namespace=client.spec_namespace())
+            retry_exceptions=info.retry_exceptions, namespace=client.spec_namespace(),
+            concurrency_group=info.concurrency_group, generator=generator)
         refs = client.submit(spec)
         del keep
+        if generator == "streaming":
+            return ObjectRefGenerator(refs[0])
         if num_returns == 1:
             if self._pending is not None:
                 self._pending.append(refs[0])

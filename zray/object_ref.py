@@ -10,9 +10,12 @@ counts nothing.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator, List, Optional
 
 from zray._private import ids, state
+from zray._private.protocol import ObjectKind
+
+_ERROR_KIND = ObjectKind.ERROR
 
 if TYPE_CHECKING:
     import concurrent.futures
@@ -155,3 +158,134 @@ class ObjectID(BaseID):
 
     def task_id(self) -> TaskID:
         return TaskID(ids.task_of(self._id))
+
+
+class ObjectRefGenerator:
+    """The refs a generator task yields, each as soon as it is yielded.
+
+    What ``f.remote()`` returns when ``f`` yields (``num_returns="streaming"``,
+    the default for generators).  Iterate it (``for ref in gen``, ``next(gen)``,
+    ``async for``, ``await gen.__anext__()``) to get each ref; ``zray.get`` it
+    to read the value.  An exception in the generator is the last ref: getting
+    it raises.  ``completed()`` is the ref of the task's end (the number of
+    items), ready when the generator is exhausted.
+    """
+
+    def __init__(self, end: ObjectRef) -> None:
+        self._end = end
+        self._task_id = ids.task_of(end._id)
+        self._client = state.client
+        self._index = 0       # items handed out
+        self._done = False
+        self._client.objects.open_stream(self._task_id)
+
+    def __iter__(self) -> "ObjectRefGenerator":
+        return self
+
+    def __next__(self) -> ObjectRef:
+        ref = self._next_ref(None)
+        if ref is None:
+            raise StopIteration
+        return ref
+
+    def __aiter__(self) -> "ObjectRefGenerator":
+        return self
+
+    async def __anext__(self) -> ObjectRef:
+        import asyncio
+
+        ref = await asyncio.get_running_loop().run_in_executor(None, self._next_ref, None)
+        if ref is None:
+            raise StopAsyncIteration
+        return ref
+
+    def next_ready(self, timeout: float) -> ObjectRef:
+        """The next ref, waiting at most ``timeout`` seconds (GetTimeoutError after)."""
+        ref = self._next_ref(timeout)
+        if ref is None:
+            raise StopIteration
+        return ref
+
+    def completed(self) -> ObjectRef:
+        return self._end
+
+    def is_finished(self) -> bool:
+        return self._done
+
+    def task_id(self) -> TaskID:
+        return TaskID(self._task_id)
+
+    def __repr__(self) -> str:
+        return f"ObjectRefGenerator({self._task_id.hex()})"
+
+    def __reduce__(self):
+        raise TypeError("an ObjectRefGenerator cannot be passed to tasks or stored; pass "
+                        "the refs it gives instead")
+
+    def _next_ref(self, timeout: Optional[float]) -> Optional[ObjectRef]:
+        """The next item's ref, the end's if the task failed, or None at the end."""
+        if self._done:
+            return None
+        from zray import exceptions
+
+        client = self._client
+        objects = client.objects
+        oid = ids.object_id(self._task_id, self._index + 1)
+        end = self._end._id
+        count: Optional[int] = None
+        while not objects.has(oid):
+            if count is None and objects.has(end):
+                try:
+                    count = client.get([self._end], None)[0]
+                except Exception:
+                    return self._finish(self._end)  # it failed before yielding this one
+                if self._index >= count:
+                    return self._finish(None)
+            objects.expect([oid])  # pushed when yielded: never fetched
+            waiting = [oid] if count is not None else [oid, end]
+            if not client.wait_objects(waiting, 1, timeout):
+                raise exceptions.GetTimeoutError(
+                    f"the generator task made no item within {timeout}s")
+        ref = ObjectRef(oid, _held=True)
+        objects.take_item(oid)
+        self._index += 1
+        if objects.lookup(oid).kind == _ERROR_KIND:
+            self._finish(None)  # an exception is the last item
+        return ref
+
+    def _finish(self, ref: Optional[ObjectRef]) -> Optional[ObjectRef]:
+        self._done = True
+        self._close()
+        return ref
+
+    def _close(self) -> None:
+        client = self._client
+        if client is None or client.closed:
+            return
+        ended = client.objects.has(self._end._id)
+        for oid in client.objects.close_stream(self._task_id, ended):
+            client.remove_local_ref(oid)
+
+    def __del__(self) -> None:
+        if not self._done:
+            try:
+                self._close()
+            except Exception:  # interpreter teardown
+                pass
+
+
+class DynamicObjectRefGenerator:
+    """The refs of a ``num_returns="dynamic"`` task, all at once: the value of
+    its one ref.  Iterable, sized, picklable (it travels as its refs)."""
+
+    def __init__(self, refs: List[ObjectRef]) -> None:
+        self._refs = list(refs)
+
+    def __iter__(self) -> Iterator[ObjectRef]:
+        return iter(self._refs)
+
+    def __len__(self) -> int:
+        return len(self._refs)
+
+    def __repr__(self) -> str:
+        return f"DynamicObjectRefGenerator({len(self._refs)} refs)"

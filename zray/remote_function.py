@@ -9,17 +9,21 @@ when they do not fit), pickles the function on the first call and exports it
 once per cluster, then sends only a small task spec, built with
 ``protocol.task_spec`` and queued with the client's ``submit``.
 
-``async def`` functions run on an event loop in their worker.  Generators
-(``num_returns="streaming"`` / ``"dynamic"``) are not supported.
+``async def`` functions run on an event loop in their worker.  A function
+that yields returns an :class:`~zray.object_ref.ObjectRefGenerator`
+(``num_returns="streaming"``, the default for generators) or, with
+``num_returns="dynamic"``, one ref whose value holds the refs.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import inspect
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from zray._private import ids, protocol, signature, state
+from zray.object_ref import ObjectRefGenerator
 from zray._private.options import (  # noqa: F401  (the option table, public here)
     ACTOR_OPTIONS, ALIASES, TASK_OPTIONS, Option, run_settings, check_names, defaults,
     resource_demand, retry_exceptions_wire, strategy_wire, validate_options,
@@ -31,11 +35,17 @@ _NO_BINDER: Any = False   # the signature could not be read: arguments are not c
 class _Call:
     """Everything fixed about calls with one set of options, computed once."""
 
-    __slots__ = ("num_returns", "demand", "max_retries", "extra", "name")
+    __slots__ = ("num_returns", "demand", "max_retries", "extra", "name", "streaming")
 
-    def __init__(self, options: Dict[str, Any], default_name: str) -> None:
+    def __init__(self, options: Dict[str, Any], default_name: str,
+                 is_generator: bool = False) -> None:
         merged = defaults(TASK_OPTIONS, options)
-        self.num_returns = merged["num_returns"]
+        num_returns = merged["num_returns"]
+        if is_generator and "num_returns" not in options:
+            num_returns = "streaming"  # Ray's default for a function that yields
+        generator = num_returns if isinstance(num_returns, str) else None
+        self.num_returns = 1 if generator else num_returns
+        self.streaming = generator == "streaming"
         demand = resource_demand(merged)
         # The spec leaves the default demand out (see protocol.TaskSpec.resources).
         self.demand: Optional[Dict[str, float]] = None if demand == {"CPU": 1.0} else demand
@@ -54,6 +64,8 @@ class _Call:
         if strategy is not None:
             extra["scheduling_strategy"] = strategy
         extra.update(run_settings(merged))
+        if generator:
+            extra["generator"] = generator
         self.extra = extra
         self.name = merged["name"] or default_name
 
@@ -70,7 +82,9 @@ class RemoteFunction:
         if return_types is not None and "num_returns" not in options:
             options = dict(options, num_returns=len(return_types))
         self._options = validate_options(options, TASK_OPTIONS, f"@zray.remote on {self._name}")
-        self._call = _Call(self._options, self._name)
+        self._is_generator = inspect.isgeneratorfunction(function) or \
+            inspect.isasyncgenfunction(function)
+        self._call = _Call(self._options, self._name, self._is_generator)
         self._blob: Optional[bytes] = None
         self._fid: Optional[bytes] = None
         self._binder: Any = None
@@ -93,7 +107,8 @@ class RemoteFunction:
 
     def options(self, **options: Any) -> "_BoundOptions":
         checked = validate_options(options, TASK_OPTIONS, f"{self._name}.options()")
-        return _BoundOptions(self, _Call({**self._options, **checked}, self._name))
+        return _BoundOptions(self, _Call({**self._options, **checked}, self._name,
+                                         self._is_generator))
 
     def _export(self, client: Any) -> bytes:
         if self._blob is None:
@@ -148,6 +163,8 @@ class RemoteFunction:
             args=args_part, **extra)
         refs = client.submit(spec)
         del keep
+        if call.streaming:
+            return ObjectRefGenerator(refs[0])
         if call.num_returns == 1:
             return refs[0]
         if call.num_returns == 0:

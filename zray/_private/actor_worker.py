@@ -28,7 +28,7 @@ import traceback
 from typing import Any, Callable, Dict, List, Optional
 
 from zray import exceptions
-from zray._private import protocol
+from zray._private import protocol, streaming
 from zray._private.protocol import Op
 
 
@@ -127,7 +127,8 @@ class ActorHost:
                  for group, count in groups.items()}
 
         def run(body: dict, raw: List[Any]) -> None:
-            group = method_groups.get(body["task"]["method"])
+            spec = body["task"]
+            group = spec.get("concurrency_group") or method_groups.get(spec["method"])
             self.call_started()
             pools.get(group, default).submit(self.run_call, body, raw)
 
@@ -164,7 +165,8 @@ class ActorHost:
         async def call(body: dict, raw: List[Any]) -> None:
             spec = body["task"]
             try:
-                async with limits.get(method_groups.get(spec["method"]), limits[None]):
+                group = spec.get("concurrency_group") or method_groups.get(spec["method"])
+                async with limits.get(group, limits[None]):
                     if self.exit_reason:
                         self.refuse(body)
                         return
@@ -185,6 +187,8 @@ class ActorHost:
             value = fn(*args, **kwargs)
             if inspect.isawaitable(value):
                 value = await value
+            if "generator" in spec:
+                value = await streaming.drain_async(worker, spec, value)
         except BaseException as exc:
             worker.complete(spec, None, exc)
         else:

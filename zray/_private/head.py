@@ -452,7 +452,8 @@ class Head:
                            placed.origin.hex()[:8], placed.name, message)
 
     def on_result(self, ident: bytes, body: protocol.Result, raw) -> None:
-        placed = self.placed.pop(body["task_id"], None)
+        placed = (self.placed.get if body.get("partial") else self.placed.pop)(
+            body["task_id"], None)
         ran_on = body.get("node_id")
         sealed = []
         for result in body.get("results", ()):

@@ -38,3 +38,8 @@ def object_id(task_id: bytes, index: int) -> bytes:
 
 def task_of(oid: bytes) -> bytes:
     return oid[:ID_SIZE]
+
+
+def index_of(oid: bytes) -> int:
+    """Which of its task's results an object is (0 for a put)."""
+    return int.from_bytes(oid[ID_SIZE:], "big")

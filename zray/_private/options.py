@@ -15,7 +15,7 @@ What zray does with the options Ray has and a single process cannot see:
 ``runtime_env`` applies its ``env_vars`` around the call (for an actor, for
 its life) and accepts its other keys without effect; ``concurrency_groups``
 give each group of a threaded or async actor its own threads or limit.
-Generators (``num_returns="streaming"``/``"dynamic"``) are not supported.
+A generator function's ``num_returns`` defaults to ``"streaming"``, as in Ray.
 
 The rest turns checked options into what a task spec carries: the resource
 demand (:func:`resource_demand`), the scheduling strategy's wire form
@@ -70,8 +70,10 @@ def _non_empty(v: Any) -> bool:
 
 
 def _num_returns(v: Any) -> bool:
-    # "streaming" / "dynamic" (generators) are not supported: see remote_function.
-    return isinstance(v, int) and v >= 0
+    return v in GENERATOR_KINDS if isinstance(v, str) else v >= 0
+
+
+GENERATOR_KINDS = ("streaming", "dynamic")
 
 
 def _retry_exceptions(v: Any) -> bool:
@@ -120,8 +122,7 @@ _STRATEGY = Option("scheduling_strategy", None, _is_strategy, None,
                    "'DEFAULT', 'SPREAD' or a scheduling strategy object")
 _NAME = Option("name", (str, _NONE), None, None, "a string")
 _NUM_RETURNS = Option("num_returns", (int, str), _num_returns, 1,
-                      "a non-negative int (generators, 'streaming' and 'dynamic', are not "
-                      "supported)")
+                      "a non-negative int, 'streaming' or 'dynamic'")
 _RETRY_EXCEPTIONS = Option("retry_exceptions", (bool, list, tuple), _retry_exceptions, False,
                            "a bool or a list of exception types")
 

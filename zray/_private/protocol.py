@@ -71,6 +71,7 @@ class Op(enum.IntEnum):
     PIN = 19            # map a shared object: answered with its current offset
     UNPIN = 20          # the last view of a pinned object is gone
     RESERVE_NAME = 21   # claim a name for an actor about to be created
+    YIELDED = 22        # a generator task's next item (a TaskDone's fields; the task goes on)
 
     # node agent -> client
     WELCOME = 40
@@ -164,12 +165,15 @@ class TaskSpec(TypedDict, total=False):
     is_async: bool
     class_name: str
     actor_name: str
-    namespace: str              # the actor's (a name's) namespace; absent: the job's own
+    namespace: str              # the job's namespace when init named one
+    name_namespace: str         # a named actor's name's namespace (the namespace option)
     detached: bool
     retry_exceptions: Any       # True, or pickled exception types: retried when raised
     scheduling_strategy: list   # ["SPREAD"] or ["NODE", node_id, soft]; absent: default
     env_vars: Dict[str, str]    # runtime_env's: set around the call (an actor: for its life)
     concurrency_groups: Dict[str, int]  # an actor's: group name -> calls at once
+    concurrency_group: str      # an actor call's group, over its method's own
+    generator: str              # "streaming" (items: results 1, 2, ...; result 0: the count)
 
 
 _TASK_FIELDS = frozenset(TaskSpec.__annotations__)
@@ -444,6 +448,7 @@ class Result(TypedDict, total=False):
     node_id: bytes           # where it ran (and where its shared results stay)
     results: List[Descriptor]  # shared ones carry no offset: they stay on node_id
     error: str
+    partial: bool            # a generator's items: the task goes on
 
 
 class TaskFailed(TypedDict):
@@ -501,8 +506,8 @@ class PubObject(TypedDict, total=False):
 BODIES: Dict[Op, Any] = {
     Op.HELLO: Hello, Op.EXPORT: Export, Op.SUBMIT: Submit, Op.ADDREF: ObjectIds,
     Op.DECREF: ObjectIds, Op.FETCH: Fetch, Op.PUT: Put, Op.ALLOC: Alloc, Op.SEAL: Seal,
-    Op.TASK_DONE: TaskDone, Op.LOG: Log, Op.CANCEL: Cancel, Op.QUERY: Query,
-    Op.ABORT: Abort, Op.KILL: Kill, Op.PIN: Pin, Op.UNPIN: ObjectIds,
+    Op.TASK_DONE: TaskDone, Op.YIELDED: TaskDone, Op.LOG: Log, Op.CANCEL: Cancel,
+    Op.QUERY: Query, Op.ABORT: Abort, Op.KILL: Kill, Op.PIN: Pin, Op.UNPIN: ObjectIds,
     Op.RESERVE_NAME: ReserveName, Op.WELCOME: Welcome, Op.OBJECT: Descriptor,
     Op.EXECUTE: Execute, Op.ALLOC_REPLY: OffsetReply, Op.PIN_REPLY: OffsetReply,
     Op.QUERY_REPLY: QueryReply, Op.WARN: Warn, Op.INTERRUPT: Interrupt, Op.ERROR: Error,

@@ -45,7 +45,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import cloudpickle
 
 from zray import exceptions
-from zray._private import protocol, serialization, state
+from zray._private import protocol, serialization, state, streaming
 from zray._private.actor_worker import ActorExit, ActorHost
 from zray._private.client import Client, Descriptor, decode_args
 from zray._private.options import apply_env, restore_env
@@ -330,9 +330,17 @@ class Worker:
         try:
             try:
                 fn, args, kwargs = self.prepare(spec, body, raw)
-                value = fn(*args, **kwargs)
-                if inspect.iscoroutine(value):
-                    value = self.run_coroutine(value)
+                env = spec.get("env_vars") if not spec.get("new_actor") else None
+                before = apply_env(env) if env else None
+                try:
+                    value = fn(*args, **kwargs)
+                    if inspect.iscoroutine(value):
+                        value = self.run_coroutine(value)
+                    if "generator" in spec:
+                        value = streaming.drain(self, spec, value)
+                finally:
+                    if before is not None:
+                        restore_env(before)
             finally:
                 self.flush_output()
         except KeyboardInterrupt:
@@ -365,8 +373,6 @@ class Worker:
             else:
                 fn = self.load_function(spec["function_id"], body, raw)
             args, kwargs = self.load_args(spec, body, raw)
-            if spec.get("env_vars") and not spec.get("new_actor"):
-                fn = functools.partial(self.call_with_env, spec["env_vars"], fn)
         finally:
             # The argument views hold pins of their own; a task that failed
             # before reading its arguments gives the agent's pins back here.
@@ -449,18 +455,6 @@ class Worker:
             self.event_loop = None  # interrupted mid-step: start the next on a fresh loop
             loop.close()
             raise
-
-    def call_with_env(self, env_vars: Dict[str, str], fn: Callable, *args: Any,
-                      **kwargs: Any) -> Any:
-        """Call a task's function with its runtime_env's env_vars set."""
-        before = apply_env(env_vars)
-        try:
-            value = fn(*args, **kwargs)
-            if inspect.iscoroutine(value):
-                value = self.run_coroutine(value)
-            return value
-        finally:
-            restore_env(before)
 
     # ------------------------------------------------------------------ values
     @staticmethod

@@ -58,8 +58,8 @@ class ActorRec:
         restarts = int(spec.get("max_restarts", 0))
         self.restarts_left = restarts if restarts >= 0 else 1 << 62
         self.name: Optional[str] = spec.get("actor_name")
-        self.namespace: str = spec.get("namespace") or \
-            anonymous_namespace(spec.get("job_id", b""))
+        self.namespace: str = spec.get("name_namespace") or spec.get("namespace") or \
+            anonymous_namespace(spec.get("job_id", b""))  # its name's
         self.detached = bool(spec.get("detached"))
         self.cause = ""
         self.anchor = ids.object_id(spec["task_id"], 0)

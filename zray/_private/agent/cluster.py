@@ -320,9 +320,16 @@ class ClusterLink:
 
     def send_result(self, task: Task) -> None:
         """A forwarded task finished here: its results go back to its origin node."""
+        self.send_objects(task, task.returns, False)
+
+    def send_items(self, task: Task, oids: List[bytes]) -> None:
+        """A forwarded generator task yielded: its origin node hears at once."""
+        self.send_objects(task, oids, True)
+
+    def send_objects(self, task: Task, oids: List[bytes], partial: bool) -> None:
         results = []
         frames: List[Any] = []
-        for oid in task.returns:
+        for oid in oids:
             obj = self.objects.get(oid)
             if obj is None or obj.state is not READY:
                 continue
@@ -334,10 +341,12 @@ class ClusterLink:
                 results.append({"object_id": oid, "kind": int(obj.kind), "layout": obj.layout,
                                 "frame": len(frames), "contained": obj.contained})
                 frames.append(obj.data)
-        self.wire.send_head(Op.RESULT, {"task_id": task.tid, "origin": task.origin,
-                                        "node_id": self.node_id, "results": results,
-                                        "error": task.err}, *frames)
-        for oid in task.returns:
+        body = {"task_id": task.tid, "origin": task.origin, "node_id": self.node_id,
+                "results": results, "error": task.err}
+        if partial:
+            body["partial"] = True
+        self.wire.send_head(Op.RESULT, body, *frames)
+        for oid in oids:
             obj = self.objects.get(oid)
             if obj is None or obj.kind == SHARED:
                 continue
@@ -355,8 +364,11 @@ class ClusterLink:
         if task is None:
             return
         node = body.get("node_id")
+        partial = body.get("partial")
         for result in body.get("results", ()):
             oid = result["object_id"]
+            if partial:  # a generator's item: its owner holds it from now on
+                self.objects.expect_result(oid, task.owner)
             obj = self.objects.ensure(oid)  # nobody may hold it: then it goes once sealed
             obj.exported = True
             kind = result["kind"]
@@ -369,7 +381,8 @@ class ClusterLink:
                                   result.get("contained", ()))
             if kind == protocol.ObjectKind.ERROR:
                 self.tasks.record_error(task, body.get("error", ""))
-        self.tasks.finish(task)
+        if not partial:
+            self.tasks.finish(task)
 
     def on_task_failed(self, body: dict, raw) -> None:
         task = self.remote_task(body)

@@ -146,6 +146,7 @@ class Agent:
             objects.freed_listeners.append(cluster.object_freed)
             tasks.forward = cluster.forward
             tasks.on_forwarded_finished = cluster.send_result
+            tasks.on_forwarded_yielded = cluster.send_items
             dispatcher.offload = cluster.offload
             actors.kill_remote = cluster.kill_remote
             self.head.on_registered = cluster.registered
@@ -157,7 +158,7 @@ class Agent:
         objects, tasks, actors = self.objects, self.tasks, self.actors
         return {
             Op.HELLO: self.on_hello, Op.BYE: self.on_bye, Op.QUERY: self.on_query,
-            Op.LOG: self.on_log, Op.TASK_DONE: self.on_task_done,
+            Op.LOG: self.on_log, Op.TASK_DONE: self.on_task_done, Op.YIELDED: tasks.on_yielded,
             Op.BLOCKED: self.on_blocked, Op.UNBLOCKED: self.on_unblocked,
             Op.ADDREF: objects.on_addref, Op.DECREF: objects.on_decref,
             Op.FETCH: objects.on_fetch, Op.PUT: objects.on_put, Op.ALLOC: objects.on_alloc,

@@ -222,8 +222,9 @@ class ObjectTable:
     def hold_for_node(self, oid: bytes, node_id: bytes) -> None:
         """A forwarded task's result, kept here for its origin node until it frees it."""
         obj = self.ensure(oid)
-        obj.refs += 1
-        obj.held_for = node_id
+        if obj.held_for is None:  # once: a retried generator yields its items again
+            obj.refs += 1
+            obj.held_for = node_id
 
     def incref(self, oid: bytes) -> bool:
         """An internal ref (a task's argument, an actor's); False if the object is unknown."""

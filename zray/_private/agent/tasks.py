@@ -99,6 +99,7 @@ class TaskTable:
         self.missing: Callable[[Task], dict] = lambda task: {}
         self.forward: Optional[Callable[[Task], None]] = None  # None on a single node
         self.on_forwarded_finished: Callable[[Task], None] = lambda task: None
+        self.on_forwarded_yielded: Callable[[Task, List[bytes]], None] = lambda task, oids: None
         self.interrupt: Callable[[Task, bool], None] = lambda task, force: None
         self.dequeue: Callable[[Task], None] = lambda task: None
 
@@ -251,6 +252,26 @@ class TaskTable:
                 task.err = body.get("error", "")
                 self.record_error(task, task.err)
             seal(result, raw)
+
+    def on_yielded(self, ident: bytes, body: dict, raw) -> None:
+        """A generator task's next items: objects its owner holds from now on
+        (or, for a task forwarded here, kept for its origin node, which hears
+        of them at once)."""
+        task = self.tasks.get(body["task_id"])
+        oids = []
+        for result in body.get("results", ()):
+            oid = result["object_id"]
+            if task is not None and task.state is not FINISHED:
+                if task.origin is not None:
+                    self.objects.hold_for_node(oid, task.origin)
+                else:
+                    self.objects.expect_result(oid, task.owner)
+                oids.append(oid)
+                if result["kind"] == protocol.ObjectKind.ERROR:
+                    self.record_error(task, body.get("error", ""))
+            self.objects.seal_result(result, raw)  # nobody holds it: freed at once
+        if oids and task.origin is not None:
+            self.on_forwarded_yielded(task, oids)
 
     def record_error(self, task: Task, text: str) -> None:
         self.errors[task.job].append({"task_name": task.name, "task_id": task.tid.hex(),

@@ -55,7 +55,7 @@ class Client:
         self.wait_hook: Optional[Callable[[], Optional[Callable[[], None]]]] = None
         self._exported: set = set()
         self.objects = ObjectCache(pin_at_agent=self.pin, give_back=self._give_back,
-                                   attach_arena=self.attach_arena)
+                                   attach_arena=self.attach_arena, release=self._let_go)
         self.transport = Transport(agent_address, self.identity, kind=kind,
                                    agent_pid=agent_pid, unpin_due=self.objects.unpin_due,
                                    reading_wanted=self.objects.has_callbacks)
@@ -170,6 +170,10 @@ class Client:
         """A finished task (``protocol.TaskDone``); queued, so quick ones go back together."""
         self.outbox.task_done(body, frames)
 
+    def yielded(self, body: dict, frames: List[Any]) -> None:
+        """A generator task's next item (``protocol.TaskDone`` fields), sent at once."""
+        self.send(_encode(Op.YIELDED, body, *frames))
+
     def blocked(self) -> None:
         """This worker waits in get/wait: its agent may lend its CPU."""
         self.send(_encode(Op.BLOCKED, {}))
@@ -224,6 +228,11 @@ class Client:
         """Pin a shared object at the agent; returns where its bytes are now."""
         _, body, _ = self.request(Op.PIN, {"object_id": oid})
         return body["offset"]
+
+    def _let_go(self, oid: bytes) -> None:
+        """Drop the ref the agent holds for this process on a pushed object."""
+        if not self.transport.closed:
+            self.outbox.decref(oid)
 
     def _give_back(self, oid: bytes, pin: PinEntry) -> None:
         if not self.transport.closed:

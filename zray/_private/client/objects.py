@@ -27,7 +27,7 @@ from __future__ import annotations
 import threading
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from zray._private import serialization
+from zray._private import ids, serialization
 from zray._private.protocol import ObjectKind
 from zray.object_ref import ObjectRef
 
@@ -103,8 +103,10 @@ class ObjectCache:
 
     def __init__(self, *, pin_at_agent: Callable[[bytes], int],
                  give_back: Callable[[bytes, PinEntry], None],
-                 attach_arena: Callable[[], Any]) -> None:
+                 attach_arena: Callable[[], Any],
+                 release: Callable[[bytes], None] = lambda oid: None) -> None:
         self._pin_at_agent = pin_at_agent
+        self._release = release
         self._give_back = give_back
         self._attach_arena = attach_arena
         self._lock = threading.RLock()
@@ -115,6 +117,9 @@ class ObjectCache:
         self._waiting: Dict[bytes, List[Waiter]] = {}
         self._pins: Dict[bytes, PinEntry] = {}
         self._fetch_pins: Dict[bytes, PinEntry] = {}  # pinned by the agent for a get
+        # Generator tasks being read: task -> items here not handed out yet (None:
+        # the reader is gone, and items still on their way are let go as they come).
+        self._streams: Dict[bytes, Optional[set]] = {}
         #: The descriptor of an object, or None (read without the lock: one dict call).
         self.lookup: Callable[[bytes], Optional[Descriptor]] = self._descriptors.get
         self.has: Callable[[bytes], bool] = self._descriptors.__contains__
@@ -239,6 +244,7 @@ class ObjectCache:
         pinned = body.get("pinned") and desc.kind == _SHARED
         callbacks = None
         spare = None
+        let_go = False
         with self._lock:
             self._requested.discard(oid)
             if oid in self._refs:
@@ -251,8 +257,14 @@ class ObjectCache:
                         self._pins[oid] = pin
                     spare = self._fetch_pins.get(oid)
                     self._fetch_pins[oid] = pin
-            elif pinned:
-                spare = PinEntry(desc.offset)
+            else:
+                if self._streams:
+                    kept = self._streamed(oid, desc)
+                    if kept:
+                        callbacks = self._callbacks.pop(oid, None)
+                    let_go = kept is None
+                if pinned:
+                    spare = PinEntry(desc.offset)
             waiters = self._waiting.pop(oid, None)
             if waiters:
                 failed = desc.kind == _ERROR
@@ -262,7 +274,53 @@ class ObjectCache:
                         waiter.failed = True
         if spare is not None:
             self.unpin(oid, spare)
+        if let_go:
+            self._release(oid)
         return callbacks
+
+    # ------------------------------------------------------------------ streams
+    def open_stream(self, task_id: bytes) -> None:
+        """Keep the items a generator task pushes (see ``zray._private.streaming``)."""
+        with self._lock:
+            self._streams[task_id] = set()
+
+    def take_item(self, oid: bytes) -> None:
+        """A streamed item was handed out: its new ObjectRef holds it now."""
+        with self._lock:
+            items = self._streams.get(ids.task_of(oid))
+            if items is not None and oid in items:
+                items.discard(oid)
+                self._refs[oid] -= 1
+
+    def close_stream(self, task_id: bytes, ended: bool) -> List[bytes]:
+        """The reader is done: returns the items it never took, whose refs the
+        caller drops.  Unless the stream ``ended``, later items are let go as
+        they arrive."""
+        with self._lock:
+            items = self._streams.pop(task_id, None)
+            if not ended:
+                self._streams[task_id] = None
+        return list(items or ())
+
+    def _streamed(self, oid: bytes, desc: Descriptor) -> Optional[bool]:
+        """An OBJECT nobody here holds a ref to: True if it is kept as an item of
+        a stream being read, None if it is one whose reader is gone (the caller
+        lets it go), else False.  Call with the lock held."""
+        task_id = ids.task_of(oid)
+        items: Any = self._streams.get(task_id, False)
+        if items is False:
+            return False
+        if items is None:  # the reader is gone
+            if ids.index_of(oid) == 0:
+                del self._streams[task_id]  # the end: nothing more will come
+                return False
+            return None
+        if ids.index_of(oid) == 0:
+            return False
+        items.add(oid)
+        self._refs[oid] = 1  # the ref the agent holds for this process
+        self._descriptors[oid] = desc
+        return True
 
     # ------------------------------------------------------------------ pins
     def adopt_pins(self, args: Sequence[dict]) -> List[Tuple[bytes, PinEntry]]:
