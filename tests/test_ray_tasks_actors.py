@@ -487,8 +487,10 @@ def test_exit_actor_is_not_caught_by_except_exception(tmp_path):
 def test_exit_actor_in_the_constructor(tmp_path):
     path = str(tmp_path / "log")
     quitter = Quitter.remote(path, quit_now=True)
-    with pytest.raises(exceptions.ActorDiedError, match="exit"):
+    with pytest.raises(exceptions.ActorDiedError, match="exit") as info:
         zray.get(quitter.pid.remote(), timeout=30)
+    assert "exited on purpose" in str(info.value)
+    assert "constructor raised" not in str(info.value)
     deadline = time.monotonic() + 20
     while "atexit" not in (open(path).read() if os.path.exists(path) else ""):
         assert time.monotonic() < deadline, "the constructor's atexit handler did not run"

@@ -206,7 +206,10 @@ class ActorTable:
         self.tasks.seal_results(task, body, raw)
         self.tasks.finish(task)
         if body.get("error"):
-            actor.cause = f"the actor's constructor raised: {body['error']}"
+            error = body["error"]
+            exited = error.startswith("ActorDiedError: ")  # exit_actor() in the constructor
+            actor.cause = error[len("ActorDiedError: "):] if exited else \
+                f"the actor's constructor raised: {error}"
             actor.killed = True
             self.workers.retire(worker)
             self.dead(actor)
