@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import shutil
 import subprocess
@@ -79,7 +80,7 @@ def cluster():
     old = os.environ.get("ZRAY_TMPDIR")
     os.environ["ZRAY_TMPDIR"] = tmpdir  # this driver finds the nodes' records here
     try:
-        out = c.zray("head", "--port", str(c.port), "--num-cpus", "1",
+        out = c.zray("head", "--port", str(c.port), "--num-cpus", "1", "--dashboard-port", "0",
                      "--resources", '{"alpha": 1}', "--object-store-memory", str(512 << 20)).stdout
         c.head_output = out
         c.token = out.split("token: ")[1].split()[0]
@@ -163,6 +164,58 @@ def test_errors_cross_nodes(cluster):
     with pytest.raises(KeyError) as info:
         zray.get(fails.remote(), timeout=30)
     assert "on gamma" in str(info.value)
+
+
+@zray.remote(max_retries=0)
+def where(fail):
+    if fail:
+        raise RuntimeError("failed on purpose")
+    return zray.get_runtime_context().get_node_id()
+
+
+def test_state_cli_lists_what_ran_on_every_node(cluster, tmp_path):
+    ran_on = {zray.get(where.options(resources={name: 1}).remote(False), timeout=30)
+              for name in ("alpha", "beta", "gamma")}
+    with pytest.raises(RuntimeError):
+        zray.get(where.options(resources={"gamma": 1}).remote(True), timeout=30)
+    rows = json.loads(cluster.zray("list", "tasks", "--filter", "name=where", "--limit", "1000",
+                                   "--format", "json").stdout)
+    finished = [r for r in rows if r["state"] == "FINISHED"]
+    assert {r["node_id"] for r in finished} >= ran_on == set(cluster.nodes.values())
+    failed = json.loads(cluster.zray("list", "tasks", "--filter", "state=FAILED", "--format",
+                                     "json").stdout)
+    assert any("failed on purpose" in (r["error"] or "") and r["node_id"] ==
+               cluster.nodes["gamma"] for r in failed)
+    table = cluster.zray("list", "nodes").stdout
+    assert table.startswith("NODE_ID") and table.count("ALIVE") >= 3
+    assert "where" in cluster.zray("summary", "tasks").stdout
+    assert "object(s)" in cluster.zray("memory").stdout
+    assert cluster.zray("list", "workers").stdout.startswith("WORKER_ID")
+    assert "RUNNING" in cluster.zray("list", "jobs").stdout
+    bad = cluster.zray("list", "tasks", "--filter", "colour=red", check=False)
+    assert bad.returncode != 0 and "colour" in bad.stderr
+    trace = tmp_path / "trace.json"
+    assert "written to" in cluster.zray("timeline", "-o", str(trace)).stdout
+    assert any(e.get("name") == "where" for e in json.loads(trace.read_text()))
+    listing = cluster.zray("logs").stdout
+    assert "head.log" in listing and "tasks_" in listing
+
+
+def test_the_heads_dashboard_serves_the_cluster(cluster):
+    import urllib.request
+
+    url = re.search(r"dashboard: (\S+)", cluster.head_output).group(1)
+    assert url.startswith("http://127.0.0.1:")
+    zray.get(node_of.options(resources={"beta": 1}).remote(), timeout=30)
+    deadline = time.monotonic() + 20
+    while True:  # the first reads wake the head's collection of the nodes' state
+        data = json.load(urllib.request.urlopen(url + "api/cluster", timeout=10))
+        tasks = json.load(urllib.request.urlopen(url + "api/tasks?limit=2000", timeout=10))
+        if len(data["nodes"]) == 3 and any(t["name"] == "node_of" for t in tasks["tasks"]):
+            break
+        assert time.monotonic() < deadline, (data, tasks)
+        time.sleep(0.2)
+    assert {n["node_id"] for n in data["nodes"]} == set(cluster.nodes.values())
 
 
 def test_a_generator_on_another_node_streams_its_items(cluster, tmp_path):

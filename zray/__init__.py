@@ -42,6 +42,8 @@ _LAZY = {
     "ActorHandle": "zray.actor", "ActorClass": "zray.actor", "get_actor": "zray.actor",
     "kill": "zray.actor", "method": "zray.actor",
     "get_runtime_context": "zray.runtime_context",
+    "timeline": "zray.util.state.api",
+    "visualize_computation_graph": "zray.util.state.api",
 }
 _SUBMODULES = ("actor", "object_ref", "remote_function", "cli", "util", "runtime_context")
 
@@ -61,10 +63,10 @@ class ClientContext:
     """What ``init`` returns: the session's addresses, also readable as a mapping,
     and a context manager that shuts zray down on exit."""
 
-    dashboard_url = None  # zray has no dashboard
-
     def __init__(self, address_info: Dict[str, Any]) -> None:
         self.address_info = address_info
+        #: Where the dashboard listens (``init(include_dashboard=True)``), else None.
+        self.dashboard_url: Optional[str] = address_info.get("webui_url")
 
     def __getitem__(self, key: str) -> Any:
         return self.address_info[key]
@@ -125,7 +127,8 @@ def init(address: Optional[str] = None, *, num_cpus: Optional[float] = None,
                                "zray.shutdown() first or pass ignore_reinit_error=True")
         settings = Settings(namespace=namespace, runtime_env=runtime_env, job_config=job_config,
                             labels=labels, system_config=_system_config, temp_dir=_temp_dir,
-                            log_to_driver=log_to_driver, include_dashboard=include_dashboard)
+                            log_to_driver=log_to_driver, include_dashboard=include_dashboard,
+                            dashboard_host=dashboard_host, dashboard_port=dashboard_port)
         if configure_logging:
             set_up_logging(logging_level, logging_format)
         address = address or redis_address
@@ -181,7 +184,7 @@ def _start_local(settings: Any, *, num_cpus: Optional[float], num_gpus: Optional
         _apply(settings, client)
         state.client = client
         client.connect(timeout=30)
-        session.start_head()
+        dashboard_url = session.start_head(settings.dashboard)
     except BaseException as exc:
         client, state.client = state.client, None
         if client is not None:
@@ -190,8 +193,10 @@ def _start_local(settings: Any, *, num_cpus: Optional[float], num_gpus: Optional
         session.stop()
         raise RuntimeError(f"zray could not start: {exc}\n{log}") from exc
     _session = session
-    return ClientContext(_address_info(client, session.head_address, session.session_dir,
-                                       agent_address=session.agent_address))
+    info = _address_info(client, session.head_address, session.session_dir,
+                         agent_address=session.agent_address)
+    info["webui_url"] = dashboard_url
+    return ClientContext(info)
 
 
 def _apply(settings: Any, client: Any) -> None:
@@ -417,5 +422,6 @@ __all__ = [
     "get_gpu_ids", "cluster_resources", "available_resources", "nodes", "error_info",
     "get_runtime_context", "ObjectRef", "ObjectID", "TaskID", "ActorID", "NodeID", "JobID",
     "WorkerID", "exceptions", "__version__", "method", "kill", "get_actor", "ActorHandle",
-    "ActorClass", "ObjectRefGenerator", "DynamicObjectRefGenerator",
+    "ActorClass", "ObjectRefGenerator", "DynamicObjectRefGenerator", "timeline",
+    "visualize_computation_graph",
 ]

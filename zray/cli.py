@@ -9,8 +9,10 @@ belong here alongside ``microbenchmark``.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
+import time
 from typing import Optional
 
 import click
@@ -121,8 +123,16 @@ def _block_until_signal(record: dict) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Interface to listen on. The default admits this machine only; use "
                    "0.0.0.0 or this machine's address to let other machines join.")
+@click.option("--dashboard-host", default="127.0.0.1", show_default=True,
+              help="Interface the dashboard listens on. Off loopback it asks for the "
+                   "cluster token.")
+@click.option("--dashboard-port", type=click.IntRange(0, 65535), default=8265,
+              show_default=True, help="The dashboard's port (0: any free port).")
+@click.option("--include-dashboard/--no-dashboard", default=True, show_default=True,
+              help="Serve the web dashboard from the head.")
 @_node_options
-def head(port, host, num_cpus, num_gpus, resources, object_store_memory, block) -> None:
+def head(port, host, dashboard_host, dashboard_port, include_dashboard, num_cpus, num_gpus,
+         resources, object_store_memory, block) -> None:
     """Start a cluster: the head and this machine's node agent.
 
     Prints the address and the token, and the exact commands that join
@@ -133,13 +143,18 @@ def head(port, host, num_cpus, num_gpus, resources, object_store_memory, block) 
 
     settings = _node_settings(num_cpus, num_gpus, resources, object_store_memory)
     try:
-        record = services.start_head(host=host, port=port, **settings)
+        dashboard = f"{dashboard_host}:{dashboard_port}" if include_dashboard else ""
+        record = services.start_head(host=host, port=port, dashboard=dashboard, **settings)
     except services.ClusterError as exc:
         raise click.ClickException(str(exc))
     address, token = record["address"], record["token"]
     click.echo(f"zray head started at {address} (node {record['node_id'][:12]}, "
                f"session {record['session_dir']})")
     click.echo(f"token: {token}")
+    if record.get("dashboard_url"):
+        click.echo(f"dashboard: {record['dashboard_url']}")
+    elif record.get("dashboard_error"):
+        click.echo(f"no dashboard: {record['dashboard_error']}", err=True)
     click.echo("")
     click.echo("Join another node:")
     click.echo(f"    zray worker --address {address} --token {token}")
@@ -240,6 +255,125 @@ def stop() -> None:
         pids = services.stop_record(record)
         click.echo(f"stopped {record.get('kind', 'node')} node {record.get('node_id', '?')[:12]}"
                    f" ({len(pids)} process(es))")
+
+
+# --------------------------------------------------------------------------- state
+
+def _address_option(fn):
+    return click.option("--address", default=None, metavar="HOST:PORT",
+                        help="The head to ask (default: the cluster this machine "
+                             "belongs to).")(fn)
+
+
+def _state(kind: str, address: Optional[str], **question) -> dict:
+    from zray import exceptions
+    from zray.util.state import api
+
+    try:
+        return api.query(kind, address=address, **question)
+    except (ValueError, exceptions.RayError) as exc:
+        raise click.ClickException(str(exc))
+
+
+@main.command("list")
+@click.argument("kind", type=click.Choice(["tasks", "actors", "objects", "nodes", "workers",
+                                           "jobs"]))
+@click.option("--filter", "filters", multiple=True, metavar="KEY=VALUE",
+              help="Keep rows whose KEY is (=) or is not (!=) VALUE; repeatable.")
+@click.option("--limit", type=click.IntRange(min=0), default=100, show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
+              show_default=True)
+@click.option("--detail", is_flag=True, help="Every field (tasks: their events too).")
+@_address_option
+def list_(kind, filters, limit, fmt, detail, address) -> None:
+    """List the cluster's tasks, actors, objects, nodes, workers or jobs."""
+    from zray._private import state_cli
+    from zray._private.observe import tables
+
+    try:
+        parsed = [tables.parse_filter(f) for f in filters]
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--filter")
+    reply = _state(kind, address, filters=parsed, limit=limit, detail=detail)
+    click.echo(state_cli.format_rows(kind, reply.get("rows", []), reply.get("total", 0),
+                                     "json" if detail and fmt == "table" else fmt))
+
+
+@main.command()
+@click.argument("kind", type=click.Choice(["tasks", "actors", "objects"]))
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
+              show_default=True)
+@_address_option
+def summary(kind, fmt, address) -> None:
+    """Counts of tasks and actors by name and state, or of objects by node."""
+    from zray._private import state_cli
+
+    reply = _state(f"summary_{kind}", address, limit=None)
+    click.echo(state_cli.format_summary(kind, reply.get("summary", {}), fmt))
+
+
+@main.command()
+@click.option("--limit", type=click.IntRange(min=0), default=50, show_default=True,
+              help="How many of the largest objects to list.")
+@_address_option
+def memory(limit, address) -> None:
+    """Objects in the stores by size: who holds them, where, and what is spilled."""
+    from zray._private import state_cli
+
+    summary_ = _state("summary_objects", address, limit=None).get("summary", {})
+    reply = _state("objects", address, limit=limit)
+    click.echo(state_cli.format_memory(reply.get("rows", []), reply.get("total", 0), summary_))
+
+
+@main.command()
+@click.option("--output", "-o", default=None, metavar="FILE",
+              help="Where to write the trace (default: zray-timeline-<time>.json).")
+@click.option("--job", default=None, metavar="JOB_ID", help="Only this job's tasks.")
+@_address_option
+def timeline(output, job, address) -> None:
+    """Write the cluster's tasks as a Chrome trace (open it in Perfetto)."""
+    from zray._private.observe import trace
+
+    records = _state("tasks", address, limit=1 << 30, detail=True, job=job).get("rows", [])
+    output = output or time.strftime("zray-timeline-%Y%m%d-%H%M%S.json")
+    trace.write_trace(records, output)
+    click.echo(f"{len(records)} task(s) written to {output}; open it in https://ui.perfetto.dev "
+               f"or chrome://tracing")
+
+
+@main.command()
+@click.argument("which", required=False, default=None)
+@click.option("--pid", type=int, default=None, help="Only the lines this worker printed.")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing what is written.")
+@click.option("--tail", type=click.IntRange(min=1), default=64 * 1024, show_default=True,
+              metavar="BYTES", help="How much of the end of each file to print.")
+def logs(which, pid, follow, tail) -> None:
+    """Print this machine's zray logs: WHICH picks files by name (head, node,
+    workers, tasks; `worker` means what tasks printed)."""
+    from zray._private import state_cli
+
+    dirs = state_cli.session_dirs()
+    if not dirs:
+        raise click.ClickException("no zray node runs on this machine")
+    pick = {"worker": "tasks_", "workers": "workers_"}.get(which, which)
+    paths = state_cli.pick_logs(dirs, pick)
+    if not paths:
+        names = sorted({n for d in dirs for n in state_cli.log_files(d)})
+        raise click.ClickException(f"no log file matches {which!r}; there are: "
+                                   f"{', '.join(names)}")
+    if which is None and pid is None and not follow:
+        for path in paths:
+            click.echo(f"{path}  ({os.path.getsize(path)} bytes)")
+        return
+    for path in paths:
+        text = state_cli.tail(path, tail)
+        click.echo(state_cli.lines_of_pid(text, pid) if pid else text, nl=False)
+    if follow:
+        try:
+            for text in state_cli.follow(paths):
+                click.echo(state_cli.lines_of_pid(text, pid) if pid else text, nl=False)
+        except KeyboardInterrupt:
+            pass
 
 
 if __name__ == "__main__":

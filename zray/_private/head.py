@@ -19,6 +19,10 @@ Liveness goes both ways: every HEARTBEAT is answered with a HEARTBEAT_ACK
 (``unknown`` when the head has no entry for the sender, which then registers
 again), so an agent that stops hearing acks knows the head is gone.
 
+It also keeps the state API's store (``head_state``): the task events
+agents batch to it, and each node's state, collected from every node when
+someone asks (`zray list`, ``zray.util.state``, the dashboard it may serve).
+
 The head never unpickles anything: task specs, functions and values pass
 through it as opaque frames.  Every message it reads or writes is declared in
 :mod:`zray._private.protocol`.
@@ -31,133 +35,18 @@ import logging
 import os
 import signal
 import time
-from typing import Any, Dict, Iterable, List, Optional, Set
+from typing import Any, Dict, List, Optional
 
 import zmq
 
 from zray._private import protocol, scheduling
+from zray._private.dashboard.source import REFRESH_SECONDS
 from zray._private.names import ActorNames
+from zray._private.head_records import Directory, NodeEntry, Placed
+from zray._private.head_state import ClusterState
 from zray._private.protocol import ObjectKind, Op
 
 logger = logging.getLogger("zray.head")
-
-
-class NodeEntry:
-    """One node as the head knows it: what it registered and its last heartbeat."""
-
-    __slots__ = ("node_id", "info", "load", "last_seen", "alive", "ident")
-
-    def __init__(self, node_id: bytes, ident: bytes, info: protocol.NodeInfo) -> None:
-        self.node_id = node_id
-        self.ident = ident
-        self.info = info
-        self.load: dict = {}      # the last protocol.Heartbeat, adjusted by placements since
-        self.last_seen = time.monotonic()
-        self.alive = True
-
-    def as_dict(self) -> dict:
-        """The node table entry agents and `zray status` read (HEARTBEAT_ACK, HEAD_REPLY)."""
-        info = self.info
-        resources = info.get("resources", {})
-        return {"node_id": self.node_id.hex(), "alive": self.alive,
-                "address": info.get("address"), "node_ip": info.get("ip"),
-                "hostname": info.get("hostname", ""),
-                "transfer": info.get("transfer_address", ""),
-                "resources": resources,
-                "available": self.load.get("available", resources),
-                "store_capacity": info.get("store_capacity", 0),
-                "store_used": self.load.get("store_used", 0),
-                "queued": self.load.get("queued", 0), "running": self.load.get("running", 0),
-                "actors": self.load.get("actors", 0), "workers": self.load.get("workers", 0)}
-
-    def load_view(self, local_bytes: int = 0) -> scheduling.NodeLoad:
-        resources = self.info.get("resources", {})
-        return scheduling.NodeLoad(
-            node_id=self.node_id,
-            total=scheduling.to_units(resources),
-            available=scheduling.to_units(self.load.get("available", resources)),
-            queued=self.load.get("queued", 0), alive=self.alive, local_bytes=local_bytes)
-
-    def take(self, demand: Dict[str, int]) -> None:
-        """Count a task just placed here, until the node's next heartbeat says."""
-        resources = self.info.get("resources", {})
-        available = self.load.setdefault("available", dict(resources))
-        for name, units in demand.items():
-            if name in available:
-                available[name] -= units / scheduling.UNIT
-        self.load["queued"] = self.load.get("queued", 0) + 1
-
-
-class Directory:
-    """Which nodes hold a copy of each object that crossed nodes, and its size."""
-
-    def __init__(self) -> None:
-        self.holders: Dict[bytes, Set[bytes]] = {}
-        self.sizes: Dict[bytes, int] = {}
-
-    def __len__(self) -> int:
-        return len(self.holders)
-
-    def add(self, oid: bytes, node_id: bytes, size: Optional[int] = None) -> None:
-        self.holders.setdefault(oid, set()).add(node_id)
-        if size is not None:
-            self.sizes[oid] = size
-
-    def free(self, oid: bytes) -> None:
-        self.holders.pop(oid, None)
-        self.sizes.pop(oid, None)
-
-    def drop_node(self, node_id: bytes) -> None:
-        for oid, holders in list(self.holders.items()):
-            holders.discard(node_id)
-            if not holders:
-                self.free(oid)
-
-    def locality(self, oids: Iterable[bytes]) -> Dict[bytes, int]:
-        """Bytes of ``oids`` each node already holds."""
-        local: Dict[bytes, int] = {}
-        for oid in oids:
-            size = self.sizes.get(oid, 0)
-            for holder in self.holders.get(oid, ()):
-                local[holder] = local.get(holder, 0) + size
-        return local
-
-    def snapshot(self) -> Dict[bytes, List[bytes]]:
-        return {oid: sorted(holders) for oid, holders in self.holders.items()}
-
-
-class Placed:
-    """A forwarded task the head placed (or holds) and has not seen finish."""
-
-    __slots__ = ("task_id", "body", "raw", "origin", "node", "demand", "name")
-
-    def __init__(self, body: protocol.Forward, raw: List[Any]) -> None:
-        task = body["task"]
-        self.task_id: bytes = task["task_id"]
-        self.body = body
-        self.raw = raw
-        self.origin: bytes = body["origin"]
-        self.node: Optional[bytes] = None
-        self.demand = scheduling.to_units(task.get("resources", {"CPU": 1}))
-        self.name: str = task.get("name", "task")
-
-    @property
-    def task(self) -> protocol.TaskSpec:
-        return self.body["task"]
-
-    @property
-    def actor_call(self) -> bool:
-        """A call to an existing actor: it can only go where that actor lives."""
-        return "actor_id" in self.task and not self.task.get("new_actor")
-
-    def use_a_retry(self) -> bool:
-        """Whether it may run again after its node died; counts the retry in its spec."""
-        retries = int(self.task.get("max_retries", protocol.DEFAULT_MAX_RETRIES))
-        if retries == 0:
-            return False
-        if retries > 0:  # -1: forever
-            self.task["max_retries"] = retries - 1  # the next node sees what is left
-        return True
 
 
 class Head:
@@ -179,6 +68,9 @@ class Head:
         self.actors: Dict[bytes, bytes] = {}    # actor id -> node id
         self.directory = Directory()
         self.names = ActorNames()
+        self.state = ClusterState(self.table)
+        self.dashboard: Any = None
+        self.next_refresh = 0.0
         self.spread_counts: Dict[bytes, int] = {}   # SPREAD tasks given to each node
         self.seq = 0
         self.running = True
@@ -191,7 +83,8 @@ class Head:
         self.handlers = {Op.REGISTER: self.on_register, Op.HEARTBEAT: self.on_heartbeat,
                          Op.HEAD_QUERY: self.on_head_query, Op.FORWARD: self.on_forward,
                          Op.RESULT: self.on_result, Op.OBJECTS_FREED: self.on_objects_freed,
-                         Op.KILL_ACTOR: self.on_kill_actor, Op.LOG: self.on_log}
+                         Op.KILL_ACTOR: self.on_kill_actor, Op.LOG: self.on_log,
+                         Op.EVENTS: self.on_events}
 
     # ------------------------------------------------------------------ sockets
     def bind(self) -> None:
@@ -230,6 +123,9 @@ class Head:
                           if a.startswith("ipc://")]
 
     def close(self) -> None:
+        if self.dashboard is not None:
+            self.dashboard.stop()
+            self.dashboard = None
         if self.starter_fd >= 0:
             os.close(self.starter_fd)
             self.starter_fd = -1
@@ -245,6 +141,30 @@ class Head:
                 os.unlink(path)
             except OSError:
                 pass
+
+    def start_dashboard(self, where: str, session_dir: str) -> None:
+        """Serve the dashboard at ``HOST:PORT``; tell the starter its URL (or why not)."""
+        from zray._private.dashboard.server import Dashboard
+        from zray._private.dashboard.source import HeadSource
+
+        host, _, port = where.rpartition(":")
+        source = HeadSource(self.state, session_dir)
+        try:
+            self.dashboard = Dashboard(source, host=host, port=int(port),
+                                       token=self.token).start()
+        except (OSError, ValueError) as exc:
+            logger.warning("no dashboard at %s: %s", where, exc)
+            self.tell_starter(f"dashboard-failed {exc}")
+            return
+        logger.info("dashboard at %s", self.dashboard.url)
+        self.tell_starter(f"dashboard {self.dashboard.url}")
+
+    def refresh_for_dashboard(self, now: float) -> None:
+        """While someone looks at the dashboard, collect the nodes' state every second."""
+        source = self.dashboard.source
+        if source.active(now) and now >= self.next_refresh:
+            self.next_refresh = now + REFRESH_SECONDS
+            self.collect_state(None, {})
 
     def stop(self) -> None:
         """Leave the loop at its next turn (the signal handler)."""
@@ -265,6 +185,11 @@ class Head:
             while self.running:
                 self.poll_once(100)
                 self.purge_expired()
+                now = time.monotonic()
+                for late in self.state.expired(now):
+                    self.answer_state(late)
+                if self.dashboard is not None:
+                    self.refresh_for_dashboard(now)
                 if self.parent_pid and os.getppid() != self.parent_pid:
                     break
         finally:
@@ -368,6 +293,8 @@ class Head:
         self.names.drop_node(node.node_id, {aid for aid, where in self.actors.items()
                                             if where == node.node_id})
         self.publish(protocol.TOPIC_NODE, Op.PUB_NODE, {"event": "died", "node_id": node.node_id})
+        for done in self.state.node_gone(node.node_id):
+            self.answer_state(done)
         why = f"node {node.node_id.hex()[:8]} ({node.info.get('ip')}) died"
         for aid, where in list(self.actors.items()):
             if where == node.node_id:
@@ -485,8 +412,31 @@ class Head:
             logger.info("kill of actor %s: no alive node holds it", body["actor_id"].hex()[:8])
 
     # ------------------------------------------------------------------ queries
+    def on_events(self, ident: bytes, body: protocol.Events, raw) -> None:
+        done = self.state.add_events(body)
+        if done is not None:
+            self.answer_state(done)
+
+    def collect_state(self, ident: Optional[bytes], body: dict) -> None:
+        """A state query: every alive node sends its events and state first."""
+        alive = {n.node_id for n in self.nodes.values() if n.alive}
+        number = self.state.start_collect(ident, body, alive, time.monotonic())
+        for node_id in alive:
+            self.to_node(node_id, Op.COLLECT, {"collect": number})
+        if not alive:
+            self.answer_state(self.state.take_collect(number))
+
+    def answer_state(self, collect: Any) -> None:
+        if collect is not None and collect.ident is not None:
+            reply = self.state.answer(collect.body)
+            reply["req"] = collect.body.get("req", 0)
+            self.reply(collect.ident, Op.HEAD_REPLY, reply)
+
     def on_head_query(self, ident: bytes, body: protocol.HeadQuery, raw) -> None:
         what = body.get("what", "nodes")
+        if what == "state":
+            self.collect_state(ident, body)
+            return
         if what in NAME_QUERIES:
             reply = self.answer_names(what, body)
             if reply is not None:
@@ -537,6 +487,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--bind", action="append", required=True)
     parser.add_argument("--pub", required=True)
     parser.add_argument("--parent-pid", type=int, default=0)
+    parser.add_argument("--dashboard", default="", metavar="HOST:PORT",
+                        help="serve the dashboard there (port 0: any free port)")
+    parser.add_argument("--session-dir", default="")
     parser.add_argument("--ready-fd", type=int, default=-1,
                         help="a pipe to the starter: 'bound PUB' once listening, then "
                              "'joined NODE' as nodes register, until the starter closes it")
@@ -555,6 +508,8 @@ def main(argv: Optional[List[str]] = None) -> None:
         os.set_blocking(args.ready_fd, False)  # a starter that stops reading never blocks us
         head.starter_fd = args.ready_fd
         head.tell_starter(f"bound {head.pub_address}")
+    if args.dashboard:
+        head.start_dashboard(args.dashboard, args.session_dir)
     head.serve()
 
 

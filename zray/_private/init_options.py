@@ -5,8 +5,7 @@ wrong with it (ValueError/TypeError on the caller's line), and applies the
 parts that act on the driver process itself: logging, the environment the
 session's processes start with (``runtime_env`` ``env_vars``, ``_temp_dir``),
 and which output reaches the driver.  Parameters zray accepts without effect
-are listed in the README ("Coming from Ray"); the one that asks for something
-zray lacks (a dashboard) says so in a warning.  It starts nothing itself.
+are listed in the README ("Coming from Ray").  It starts nothing itself.
 """
 
 from __future__ import annotations
@@ -31,7 +30,8 @@ class Settings:
     def __init__(self, *, namespace: Optional[str] = None, runtime_env: Any = None,
                  job_config: Any = None, labels: Any = None, system_config: Any = None,
                  temp_dir: Optional[str] = None, log_to_driver: bool = True,
-                 include_dashboard: Optional[bool] = None) -> None:
+                 include_dashboard: Optional[bool] = None, dashboard_host: str = "127.0.0.1",
+                 dashboard_port: Optional[int] = None) -> None:
         job_namespace, job_env = job_config_fields(job_config)
         self.namespace = check_namespace(namespace if namespace is not None else job_namespace)
         self.runtime_env = dict(runtime_env if runtime_env is not None else job_env or {})
@@ -44,12 +44,13 @@ class Settings:
             raise TypeError(f"zray.init: _temp_dir must be a directory path, got {temp_dir!r}")
         self.temp_dir = temp_dir
         self.log_to_driver = bool(log_to_driver)
-        if include_dashboard:
-            logger.warning("zray: there is no dashboard; include_dashboard=True has no effect "
-                           "(see `zray status` instead)")
+        self.dashboard = check_dashboard(include_dashboard, dashboard_host, dashboard_port)
 
     def check_connecting(self) -> None:
         """What only a session ``init`` starts can honour."""
+        if self.dashboard:
+            raise ValueError("zray.init(address=...): a running cluster's dashboard is its "
+                             "head's (`zray head` serves one; see --dashboard-port)")
         if self.env_vars or self.runtime_env.get("working_dir") is not None:
             raise ValueError(
                 "zray.init(address=...): runtime_env applies to the workers zray.init starts; "
@@ -75,6 +76,25 @@ def job_config_fields(job_config: Any) -> Tuple[Optional[str], Any]:
     if isinstance(job_config, Mapping):
         return job_config.get("ray_namespace"), job_config.get("runtime_env")
     return getattr(job_config, "ray_namespace", None), getattr(job_config, "runtime_env", None)
+
+
+def check_dashboard(include: Optional[bool], host: str, port: Optional[int]) -> str:
+    """``HOST:PORT`` for the session's head to serve the dashboard on, or "".
+
+    An embedded session has no cluster token, so its dashboard stays on
+    loopback: anyone who could reach it elsewhere could read the session.
+    """
+    if not include:
+        return ""
+    from zray._private.dashboard.server import DEFAULT_PORT, is_loopback
+
+    if not isinstance(host, str) or not is_loopback(host):
+        raise ValueError(f"zray.init: dashboard_host={host!r} is not loopback; a session "
+                         f"started by init has no token to guard it (start the cluster with "
+                         f"`zray head --dashboard-host ...` to serve it beyond this machine)")
+    if port is not None and (not isinstance(port, int) or not 0 <= port <= 65535):
+        raise ValueError(f"zray.init: dashboard_port must be a port number, got {port!r}")
+    return f"{host}:{DEFAULT_PORT if port is None else port}"
 
 
 def check_namespace(namespace: Any) -> Optional[str]:

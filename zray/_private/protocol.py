@@ -30,9 +30,7 @@ the rest of zray but the IDs (:mod:`zray._private.ids`).
 from __future__ import annotations
 
 import enum
-from typing import Any, Dict, List, Optional, Sequence, Tuple, TypedDict
-
-import msgpack
+from typing import Any, Dict, List, Optional, Tuple, TypedDict
 
 from zray._private.ids import object_id
 
@@ -99,6 +97,8 @@ class Op(enum.IntEnum):
     KILL_ACTOR = 69     # kill an actor that lives on another node
     TASK_FAILED = 72    # the head could not run a forwarded task (head -> origin node)
     TASK_UNPLACEABLE = 73  # no node can run a forwarded task yet: it waits at the head
+    EVENTS = 74         # task events, and the node's state when collected (agent -> head)
+    COLLECT = 75        # send your events and state now, for a state query (head -> agent)
 
     # node agent <-> node agent (object transfer ROUTER)
     PULL = 70           # send me [offset, offset + length) of an object
@@ -398,7 +398,7 @@ class Heartbeat(TypedDict):
 
 
 class HeartbeatAck(TypedDict, total=False):
-    nodes: List[dict]        # the head's node table (see head.NodeEntry.as_dict)
+    nodes: List[dict]        # the head's node table (see head_records.NodeEntry.as_dict)
     seq: int
     unknown: bool            # the head does not know the sender: register again
 
@@ -430,6 +430,31 @@ class HeadReply(TypedDict, total=False):
     entry: dict              # actor / claim_name: {namespace, name, actor_id, anchor, meta}
     existing: bool           # claim_name: the entry is another actor's (get_if_exists)
     actors: List[dict]       # named_actors: [{namespace, name}]
+    rows: List[dict]         # state: the rows asked for (after filters and limit)
+    total: int               # state: how many matched before the limit
+    summary: dict            # state: summary_tasks, summary_actors, summary_objects
+
+
+class Events(TypedDict, total=False):
+    """Task events (``observe.events``: ``[task_id, state, time, info]``), batched."""
+    node_id: bytes
+    events: List[list]
+    dropped: int             # events this node could not keep since its last batch
+    collect: int             # answers that COLLECT; then ``state`` is set
+    state: dict              # the node's workers, actors, drivers and largest objects
+
+
+class Collect(TypedDict):
+    collect: int
+
+
+class StateQuery(TypedDict, total=False):
+    """QUERY / HEAD_QUERY ``what="state"``: rows of the cluster's state API."""
+    kind: str                # tasks, actors, objects, nodes, workers, jobs (or summary_...)
+    job: str                 # hex: only this job's (tasks)
+    filters: List[list]      # [key, "=" or "!=", value]
+    limit: int
+    detail: bool
 
 
 class Forward(TypedDict, total=False):
@@ -516,81 +541,14 @@ BODIES: Dict[Op, Any] = {
     Op.HEAD_QUERY: HeadQuery, Op.HEAD_REPLY: HeadReply, Op.FORWARD: Forward,
     Op.RESULT: Result, Op.TASK_FAILED: TaskFailed, Op.TASK_UNPLACEABLE: TaskUnplaceable,
     Op.OBJECTS_FREED: ObjectsFreed, Op.KILL_ACTOR: KillActor, Op.PULL: PullRequest,
-    Op.CHUNK: Chunk, Op.PUB_NODE: PubNode, Op.PUB_OBJECT: PubObject,
+    Op.CHUNK: Chunk, Op.PUB_NODE: PubNode, Op.PUB_OBJECT: PubObject, Op.EVENTS: Events,
+    Op.COLLECT: Collect,
 }
 
 
-class ProtocolError(Exception):
-    """A message that does not follow this module's rules."""
+# Framing lives in its own module; these names are the protocol's to everyone else.
+from zray._private.framing import (  # noqa: E402
+    ProtocolError, decode, encode, error_body, pack_batch, unpack_batch,
+)
 
-
-# ---------------------------------------------------------------------- framing
-_packb = msgpack.Packer(use_bin_type=True).pack
-
-
-def encode(op: Op, body: dict, *raw: Any) -> List[Any]:
-    """Frames for one message: the header, then raw bulk frames as given."""
-    return [_packb([VERSION, int(op), body]), *raw]
-
-
-def decode(frames: Sequence[Any]) -> Tuple[Op, dict, Sequence[Any]]:
-    """Split frames into (op, body, raw frames); raise ProtocolError on junk."""
-    if not frames:
-        raise ProtocolError("empty message")
-    try:
-        version, op, body = msgpack.unpackb(frames[0], raw=False, use_list=True)
-    except Exception as exc:  # msgpack raises several unrelated types
-        raise ProtocolError(f"unreadable header: {exc}") from None
-    if version != VERSION:
-        raise ProtocolError(f"protocol version {version!r}, expected {VERSION}")
-    code = op
-    op = _OPS.get(code) if type(code) is int else None  # Op(code) costs microseconds
-    if op is None:
-        raise ProtocolError(f"unknown op {code!r}")
-    if not isinstance(body, dict):
-        raise ProtocolError(f"{op.name} body is {type(body).__name__}, expected a map")
-    return op, body, frames[1:]
-
-
-def error_body(req: int, exc: BaseException) -> Error:
-    """The ERROR reply for a request that failed with ``exc``.
-
-    The receiver turns it back into an exception with
-    ``zray.exceptions.from_error`` (the one mapping both sides use).
-    """
-    return {"req": req, "error_type": type(exc).__name__, "message": str(exc)}
-
-
-def pack_batch(items: Sequence[Tuple[dict, Sequence[Any]]]) -> Tuple[dict, List[Any]]:
-    """One body and frame list for several messages of one op.
-
-    Each item is ``(body, raw frames)``; the batch body lists every body with
-    its frame count, and the frames follow one another.  A receiver reads a
-    batch and a single message alike with :func:`unpack_batch`.
-    """
-    entries: List[list] = []
-    frames: List[Any] = []
-    for body, raw in items:
-        entries.append([body, len(raw)])
-        frames.extend(raw)
-    return {"batch": entries}, frames
-
-
-def unpack_batch(body: dict, raw: Sequence[Any]) -> List[Tuple[dict, Sequence[Any]]]:
-    """The ``(body, raw frames)`` messages a body carries: itself, or its batch."""
-    entries = body.get("batch")
-    if entries is None:
-        return [(body, raw)]
-    items = []
-    pos = 0
-    try:
-        for sub, count in entries:
-            if not isinstance(sub, dict) or type(count) is not int or count < 0:
-                raise ValueError
-            items.append((sub, raw[pos:pos + count]))
-            pos += count
-    except (TypeError, ValueError):
-        raise ProtocolError("a batch entry is not [body, frame count]") from None
-    if pos != len(raw):
-        raise ProtocolError(f"a batch counts {pos} frames but came with {len(raw)}")
-    return items
+__all__ = ["ProtocolError", "decode", "encode", "error_body", "pack_batch", "unpack_batch"]

@@ -26,9 +26,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from zray._private import ids, protocol
+from zray._private.startup import dashboard_url_from, read_lines
 
 
 #: Unix socket paths hold 107 bytes; a session adds up to 44 to the root.
@@ -150,11 +151,29 @@ class LocalSession:
         self.template.stdin.close()   # the agent holds the template's pipes now
         self.template.stdout.close()
 
-    def start_head(self) -> None:
-        if self.head is None:
-            self.head = self._spawn("head", [
-                "zray._private.head", "--bind", self.head_address, "--pub", self.pub_address,
-                "--parent-pid", str(os.getpid())])
+    def start_head(self, dashboard: str = "") -> Optional[str]:
+        """Start the head; with ``dashboard`` (``HOST:PORT``), it serves the
+        dashboard there: returns its URL once it listens."""
+        if self.head is not None:
+            return None
+        args = ["zray._private.head", "--bind", self.head_address, "--pub", self.pub_address,
+                "--parent-pid", str(os.getpid()), "--session-dir", self.session_dir]
+        if not dashboard:
+            self.head = self._spawn("head", args)
+            return None
+        ready_r, ready_w = os.pipe()
+        try:
+            try:
+                self.head = self._spawn("head", args + [
+                    "--dashboard", dashboard, "--ready-fd", str(ready_w)], pass_fds=(ready_w,))
+            finally:
+                os.close(ready_w)
+            url, error = dashboard_url_from(read_lines(ready_r, "dashboard", timeout=20.0))
+        finally:
+            os.close(ready_r)
+        if url is None:
+            raise ClusterError(error)
+        return url
 
     def _spawn(self, name: str, module_args: List[str],
                pass_fds: Tuple[int, ...] = ()) -> subprocess.Popen:
@@ -267,10 +286,12 @@ def ip_towards(host: str) -> str:
         probe.close()
 
 
-def head_query(address: str, token: str, what: str = "status", timeout: float = 5.0) -> dict:
+def head_query(address: str, token: str, what: str = "status", timeout: float = 5.0,
+               **extra: Any) -> dict:
     """Ask a head over TCP (with the token) and return its reply (a ``protocol.HeadReply``).
 
-    ``what`` is ``nodes``, ``status`` or ``snapshot`` (see ``protocol.HeadQuery``).
+    ``what`` is ``nodes``, ``status``, ``snapshot`` or ``state`` (with the fields
+    of ``protocol.StateQuery`` in ``extra``).
     """
     import socket
 
@@ -292,7 +313,7 @@ def head_query(address: str, token: str, what: str = "status", timeout: float = 
     keys.join(sock)
     try:
         sock.connect(f"tcp://{host}:{port}")
-        query: protocol.HeadQuery = {"req": 1, "what": what}
+        query: Any = dict(extra, req=1, what=what)
         sock.send_multipart(protocol.encode(Op.HEAD_QUERY, query))
         if not sock.poll(int(timeout * 1000)):
             raise ClusterError(f"{host}:{port} accepts connections but did not answer within "
@@ -425,8 +446,9 @@ class ClusterNode:
                                    f"{timeout:g} s:\n{tail}")
             time.sleep(0.1)  # polling a process we started in another session
 
-    def wait_told(self, fd: int, wanted: str, timeout: float) -> None:
-        """Until the head writes the line ``wanted`` on its start-up pipe ``fd``.
+    def wait_told(self, fd: int, wanted: str, timeout: float) -> List[str]:
+        """Until the head writes the line ``wanted`` on its start-up pipe ``fd``;
+        returns every line it wrote.
 
         Fails as soon as a process of this node exits (the pipe's end tells of
         the head's at once; the others are looked at every 0.2 s).
@@ -435,6 +457,7 @@ class ClusterNode:
 
         deadline = time.monotonic() + timeout
         pending = b""
+        told: List[str] = []
         while True:
             self.check_alive()
             left = deadline - time.monotonic()
@@ -455,8 +478,9 @@ class ClusterNode:
                 raise ClusterError("the head closed its start-up pipe before the node joined")
             pending += chunk
             *lines, pending = pending.split(b"\n")
-            if wanted.encode() in lines:
-                return
+            told += [line.decode(errors="replace") for line in lines]
+            if wanted in told:
+                return told
 
     def check_alive(self) -> None:
         for proc in self.procs:
@@ -492,7 +516,10 @@ class ClusterNode:
 
 
 def start_head(*, host: str, port: int, num_cpus: float, gpu_ids: List[int], num_gpus: float,
-               resources: Dict[str, float], store_bytes: int) -> dict:
+               resources: Dict[str, float], store_bytes: int, dashboard: str = "") -> dict:
+    """Start a cluster's head and this machine's node; with ``dashboard``
+    (``HOST:PORT``) the head serves the dashboard there (the record's
+    ``dashboard_url``; its ``dashboard_error`` says why not, if it could not)."""
     from zray._private import security
 
     token = security.new_token()
@@ -505,18 +532,24 @@ def start_head(*, host: str, port: int, num_cpus: float, gpu_ids: List[int], num
     ready_r, ready_w = os.pipe()
     try:
         try:
+            extra = ["--dashboard", dashboard] if dashboard else []
             node.spawn("head", ["zray._private.head", "--bind", f"tcp://{host}:{port}",
-                                "--pub", f"tcp://{host}:0", "--ready-fd", str(ready_w)],
+                                "--pub", f"tcp://{host}:0", "--ready-fd", str(ready_w),
+                                "--session-dir", node.session_dir, *extra],
                        token, pass_fds=(ready_w,))
         finally:
             os.close(ready_w)
         node.start_agent(f"tcp://{address}", token, ip_towards(connect_host), num_cpus=num_cpus,
                          gpu_ids=gpu_ids, num_gpus=num_gpus, resources=resources,
                          store_bytes=store_bytes)
-        node.wait_told(ready_r, f"joined {node.node_id.hex()}", timeout=20.0)
+        told = node.wait_told(ready_r, f"joined {node.node_id.hex()}", timeout=20.0)
     finally:
         os.close(ready_r)
-    return node.write_record(address, token)
+    record = node.write_record(address, token)
+    if dashboard:
+        url, error = dashboard_url_from(told)
+        record["dashboard_url" if url else "dashboard_error"] = url or error
+    return record
 
 
 def start_worker(*, address: str, token: str, num_cpus: float, gpu_ids: List[int],

@@ -27,7 +27,7 @@ _LAZY = {
     "deregister_serializer": "zray.util.serialization",
 }
 _SUBMODULES = ("actor_pool", "queue", "scheduling_strategies", "serialization", "helpers",
-               "check_serialize")
+               "check_serialize", "state")
 
 
 __getattr__ = lazy_getattr(__name__, _LAZY, _SUBMODULES)

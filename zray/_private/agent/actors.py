@@ -85,6 +85,7 @@ class ActorTable:
         self.ask_head: Callable[[dict, Callable], None] = lambda body, on_reply: on_reply(None)
         # ... and, on a cluster, kill an actor on another node.
         self.kill_remote: Optional[Callable[[bytes, bool], None]] = None
+        self.on_running: Callable[[Task, Any], None] = lambda task, worker: None
 
     # ------------------------------------------------------------------ admission
     def admit(self, task: Task, forwarded: bool) -> Optional[str]:
@@ -172,6 +173,7 @@ class ActorTable:
             task.state = RUNNING
             task.worker = worker
             actor.inflight[task.tid] = task
+            self.on_running(task, worker)
             message = self.dispatcher.execute_message(worker, task)
             if message is not None:
                 messages.append(message)

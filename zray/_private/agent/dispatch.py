@@ -62,6 +62,7 @@ class Dispatcher:
         # Set by the agent on a cluster: hand a task to an idle node (see ClusterLink).
         self.offload: Optional[Callable[[Task, int], bool]] = None
         self.on_actor_started: Callable[[Task, WorkerRec], None] = lambda task, worker: None
+        self.on_running: Callable[[Task, WorkerRec], None] = lambda task, worker: None
 
     # ------------------------------------------------------------------ queues
     def missing(self, task: Task) -> dict:
@@ -141,6 +142,7 @@ class Dispatcher:
         self.workers.assign(worker, task, gpu_ids)
         task.worker = worker
         task.state = RUNNING
+        self.on_running(task, worker)
         if task.actor is not None:
             self.on_actor_started(task, worker)
         message = self.execute_message(worker, task)
@@ -287,6 +289,7 @@ class Dispatcher:
             self.unreserve(task, results)
         if worker.backlog:
             worker.task = worker.backlog.popleft()  # already there: holds what this one held
+            self.on_running(worker.task, worker)    # ... and starts now
         else:
             self.workers.release(worker)
             max_calls = task.spec.get("max_calls", 0)

@@ -46,6 +46,7 @@ from zray._private.agent.actors import ActorTable
 from zray._private.agent.cluster import ClusterLink, HeadLink, cluster_resources
 from zray._private.agent.dispatch import Dispatcher
 from zray._private.agent.objects import ObjectTable
+from zray._private.agent.recorder import Recorder, events_limit, rows_of_actors, rows_of_workers
 from zray._private.agent.resources import NodeResources
 from zray._private.agent.tasks import TaskTable
 from zray._private.agent.transfer import Transfer
@@ -106,6 +107,7 @@ class Agent:
         self.actors = ActorTable(self.tasks, self.objects, self.workers, self.dispatcher,
                                  self.wire, node_id)
         self.head = HeadLink(self.wire, self.node_info, self.load_info)
+        self.recorder = Recorder(node_id, self.wire, self.objects, events_limit())
         self.transfer: Optional[Transfer] = None
         self.cluster: Optional[ClusterLink] = None
         if self.keys is not None:
@@ -137,6 +139,13 @@ class Agent:
         tasks.admit_actor_task = actors.admit
         tasks.call_ready = actors.call_ready
         dispatcher.on_actor_started = actors.started
+        recorder = self.recorder
+        if recorder.enabled:
+            tasks.on_submitted = lambda task: recorder.submitted(task, self.parent_of(task.owner))
+            tasks.on_finished = recorder.finished
+            dispatcher.on_running = actors.on_running = recorder.running
+        recorder.snapshot_parts = self.state_rows
+        recorder.ask_head = self.head.request
         actors.ask_head = self.head.request
         self.workers.on_worker_died = self.worker_died
         self.workers.on_template_restarted = self.watch_template
@@ -172,6 +181,7 @@ class Agent:
         handlers = {Op.REGISTERED: self.head.on_registered_msg,
                     Op.HEARTBEAT_ACK: self.head.on_heartbeat_ack,
                     Op.HEAD_REPLY: self.head.on_head_reply,
+                    Op.COLLECT: self.recorder.on_collect,
                     Op.LOG: lambda body, raw: self.on_log(b"", body, raw)}
         cluster = self.cluster
         if cluster is not None:
@@ -186,6 +196,8 @@ class Agent:
     def start(self) -> None:
         """Bind the sockets, make the store, start the worker template."""
         self.objects.open_store(self.store_name, self.session_dir)
+        self.recorder.open_output(os.path.join(
+            self.session_dir, "logs", f"tasks_{self.node_id.hex()[:8]}.out"))
         self.ctx = zmq.Context()
         self.poller = zmq.Poller()
         if self.keys is not None:
@@ -241,6 +253,7 @@ class Agent:
 
     def cleanup(self) -> None:
         signal.set_wakeup_fd(-1)
+        self.recorder.close_output()
         self.workers.stop()
         if self.cluster is not None and self.cluster.sub is not None:
             self.cluster.sub.close(0)
@@ -289,6 +302,7 @@ class Agent:
                     wire.flush_outgoing()
                 now = time.monotonic()
                 self.head.tick(now)
+                self.recorder.tick(now)
                 if now >= next_parent:
                     next_parent = now + PARENT_CHECK_INTERVAL
                     if self.parent_pid and os.getppid() != self.parent_pid:
@@ -386,6 +400,8 @@ class Agent:
         self.tasks.on_submit(ident, body, raw)
 
     def on_log(self, ident: bytes, body: dict, raw) -> None:
+        if ident:
+            self.recorder.task_output(body)  # also kept in the node's logs
         if self.wire.tell_driver(body.get("job_id", b""), Op.LOG, body):
             return
         if ident and self.cluster is not None:
@@ -443,6 +459,21 @@ class Agent:
               "store_capacity": self.objects.capacity, "store_used": self.objects.used}
         return self.head.node_table(me)
 
+    def parent_of(self, owner: bytes) -> Optional[bytes]:
+        """The task a submitter is running (None: a driver, or a worker between tasks)."""
+        worker = self.workers.get(owner)
+        task = worker.task if worker is not None else None
+        return task.tid if task is not None else None
+
+    def state_rows(self) -> dict:
+        """This node's workers, actors and drivers, for the state API."""
+        node_hex = self.node_id.hex()
+        drivers = [{"job_id": c.job.hex(), "pid": c.pid, "node_id": node_hex}
+                   for c in self.clients.values() if c.kind == "driver"]
+        return {"workers": rows_of_workers(list(self.workers.workers.values()), node_hex),
+                "actors": rows_of_actors(list(self.actors.actors.values()), node_hex),
+                "drivers": drivers}
+
     def on_query(self, ident: bytes, body: dict, raw) -> None:
         what = body.get("what")
         reply: dict = {"req": body.get("req", 0)}
@@ -462,6 +493,10 @@ class Agent:
             reply.update(self.objects.stats())
         elif what == "head":
             reply.update(self.head.status())
+        elif what == "state":
+            self.recorder.on_state_query(ident, body, lambda answer: self.wire.send(
+                ident, Op.QUERY_REPLY, dict(answer, req=reply["req"])))
+            return
         else:
             raise ValueError(f"unknown query {what!r}")
         self.wire.send(ident, Op.QUERY_REPLY, reply)

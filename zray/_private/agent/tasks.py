@@ -100,6 +100,8 @@ class TaskTable:
         self.forward: Optional[Callable[[Task], None]] = None  # None on a single node
         self.on_forwarded_finished: Callable[[Task], None] = lambda task: None
         self.on_forwarded_yielded: Callable[[Task, List[bytes]], None] = lambda task, oids: None
+        self.on_submitted: Callable[[Task], None] = lambda task: None   # the recorder's
+        self.on_finished: Callable[[Task], None] = lambda task: None
         self.interrupt: Callable[[Task, bool], None] = lambda task, force: None
         self.dequeue: Callable[[Task], None] = lambda task: None
 
@@ -130,6 +132,7 @@ class TaskTable:
         self.tasks[task.tid] = task
         for oid in task.returns:
             self.objects.expect_result(oid, owner)
+        self.on_submitted(task)
         lost = self.hold_args(task)
         why = self.admit_actor_task(task, False) if task.is_actor_task else None
         if why is not None:
@@ -228,6 +231,7 @@ class TaskTable:
     def finish(self, task: Task) -> None:
         task.state = FINISHED
         self.tasks.pop(task.tid, None)
+        self.on_finished(task)
         if task.origin is not None:
             self.on_forwarded_finished(task)
         held, task.held = task.held, []
@@ -274,6 +278,7 @@ class TaskTable:
             self.on_forwarded_yielded(task, oids)
 
     def record_error(self, task: Task, text: str) -> None:
+        task.err = text
         self.errors[task.job].append({"task_name": task.name, "task_id": task.tid.hex(),
                                       "error": text, "time": time.time(),
                                       "node_id": self.node_id.hex()})

@@ -123,7 +123,7 @@ class _Task:
         self.worker_pid: Optional[int] = None
         self.actor_id: Optional[bytes] = None
         self.parent_task_id: Optional[bytes] = None
-        self.args: Tuple[Tuple[bytes, int], ...] = ()
+        self.args: Tuple[Tuple[bytes, Optional[int]], ...] = ()
         self.returns: List[List[Any]] = []         # [object_id, size or None]
         self.error: Optional[str] = None
         self.submitted_at: Optional[float] = None
@@ -258,7 +258,8 @@ class TaskStore:
         task.type = self._share(info.get("type"))
         task.parent_task_id = _id(info.get("parent_task_id"))
         task.actor_id = self._share(_id(info.get("actor_id")))
-        task.args = tuple((_id(oid), int(size)) for oid, size in info.get("args") or ())
+        task.args = tuple((_id(oid), None if size is None else int(size))
+                          for oid, size in info.get("args") or ())  # None: not made yet
         _merge_returns(task, info.get("returns") or (), sized=False)
         # The submitter's node stands in only until the task is placed or run.
         if task.node_id is None and info.get("node_id") is not None:

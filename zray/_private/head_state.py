@@ -1,0 +1,202 @@
+"""The head's store of what the cluster did and holds, for the state API.
+
+::
+
+    agent EVENTS {events} ─────────────▶ add_events ──▶ TaskStore (bounded)
+    state query ──▶ start_collect ──COLLECT──▶ every alive agent
+    agent EVENTS {collect, state} ──▶ node_collected ──▶ all answered (or 2 s) ──▶ rows
+
+A query first collects every alive node's pending events and current state
+(workers, actors, drivers, largest objects), so what it lists includes what
+the asker just did; a node that does not answer within :data:`COLLECT_WAIT`
+is listed as it was last seen.  The dashboard reads the same store from its
+own thread: every method here takes :attr:`ClusterState.lock`.
+
+Owns: task records (``observe.events.TaskStore``), each node's last state,
+the jobs seen, collections in progress.
+Must not: send anything (the head does), or unpickle anything.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Callable, Dict, List, Optional, Set
+
+from zray._private.observe import tables
+from zray._private.observe.events import TaskStore
+
+COLLECT_WAIT = 2.0     # seconds a query waits for slow nodes before it answers
+KINDS = ("tasks", "actors", "objects", "nodes", "workers", "jobs")
+SUMMARIES = {"summary_tasks": ("tasks", tables.summarize_tasks),
+             "summary_actors": ("actors", tables.summarize_actors),
+             "summary_objects": ("objects", tables.summarize_objects)}
+
+
+class Collect:
+    """A state query waiting for the nodes' answers."""
+
+    __slots__ = ("ident", "body", "waiting", "deadline")
+
+    def __init__(self, ident: Optional[bytes], body: dict, waiting: Set[bytes],
+                 deadline: float) -> None:
+        self.ident = ident          # who asked (None: the dashboard's refresh)
+        self.body = body
+        self.waiting = waiting
+        self.deadline = deadline
+
+
+class ClusterState:
+    def __init__(self, node_table: Callable[[], List[dict]], limit: int = 100_000) -> None:
+        self.lock = threading.RLock()
+        self.tasks = TaskStore(limit)
+        self.node_table = node_table        # the head's nodes, as head_records.NodeEntry.as_dict
+        self.node_states: Dict[str, dict] = {}   # node hex -> its last collected state
+        self.jobs: Dict[str, dict] = {}          # job hex -> first and last seen
+        self.collects: Dict[int, Collect] = {}
+        self.next_collect = 0
+
+    # ------------------------------------------------------------------ input
+    def add_events(self, body: dict) -> Optional[Collect]:
+        """An agent's EVENTS; returns the collection it completed, if any."""
+        node_hex = bytes(body.get("node_id", b"")).hex()
+        events = body.get("events") or []
+        now = time.time()
+        with self.lock:
+            self.tasks.add_events(events, int(body.get("dropped", 0) or 0))
+            for event in events:
+                info = event[3] if len(event) > 3 else None
+                if info and "job_id" in info:
+                    self.saw_job(bytes(info["job_id"]).hex(), event[2])
+            if "state" in body:
+                state = body["state"]
+                self.node_states[node_hex] = state
+                for driver in state.get("drivers", ()):
+                    job = self.saw_job(driver["job_id"], now)
+                    job["driver_pid"] = driver.get("pid")
+                    job["last_driver_seen"] = now
+            collect = self.collects.get(int(body.get("collect", 0) or 0))
+            if collect is None:
+                return None
+            collect.waiting.discard(bytes(body.get("node_id", b"")))
+            if collect.waiting:
+                return None
+            del self.collects[int(body["collect"])]
+            return collect
+
+    def saw_job(self, job_hex: str, when: float) -> dict:
+        job = self.jobs.get(job_hex)
+        if job is None:
+            job = self.jobs[job_hex] = {"job_id": job_hex, "start_time": when,
+                                        "driver_pid": None, "last_driver_seen": None}
+        elif when < job["start_time"]:
+            job["start_time"] = when
+        return job
+
+    def start_collect(self, ident: Optional[bytes], body: dict, nodes: Set[bytes],
+                      now: float) -> int:
+        """Register a query waiting for ``nodes``; returns the COLLECT number to send."""
+        with self.lock:
+            self.next_collect += 1
+            self.collects[self.next_collect] = Collect(ident, body, set(nodes),
+                                                       now + COLLECT_WAIT)
+            return self.next_collect
+
+    def take_collect(self, number: int) -> Optional[Collect]:
+        with self.lock:
+            return self.collects.pop(number, None)
+
+    def expired(self, now: float) -> List[Collect]:
+        """Collections whose slow nodes are given up on (answered with what there is)."""
+        with self.lock:
+            late = [n for n, c in self.collects.items() if c.deadline <= now]
+            return [self.collects.pop(n) for n in late]
+
+    def node_gone(self, node_id: bytes) -> List[Collect]:
+        """A node died: collections waiting only for it are complete."""
+        with self.lock:
+            done = []
+            for number, collect in list(self.collects.items()):
+                collect.waiting.discard(node_id)
+                if not collect.waiting:
+                    done.append(self.collects.pop(number))
+            return done
+
+    # ------------------------------------------------------------------ output
+    def answer(self, body: dict) -> dict:
+        """The HEAD_REPLY fields for a state query (``protocol.StateQuery``)."""
+        kind = body.get("kind", "tasks")
+        try:
+            if kind in SUMMARIES:
+                source, summarize = SUMMARIES[kind]
+                return {"summary": summarize(self.rows(source, body))}
+            if kind not in KINDS:
+                raise ValueError(f"unknown state kind {kind!r}; one of: "
+                                 f"{', '.join(KINDS + tuple(SUMMARIES))}")
+            rows = tables.apply_filters(self.rows(kind, body),
+                                        [tuple(f) for f in body.get("filters") or ()])
+        except ValueError as exc:
+            return {"error": str(exc)}
+        limit = body.get("limit")
+        total = len(rows)
+        if limit is not None and limit >= 0:
+            rows = rows[:limit]
+        return {"rows": rows, "total": total}
+
+    def rows(self, kind: str, body: Optional[dict] = None) -> List[dict]:
+        body = body or {}
+        with self.lock:
+            if kind == "tasks":
+                rows = self.tasks.records(body.get("job") or None)
+                if not body.get("detail"):
+                    rows = [{k: v for k, v in r.items() if k != "events"} for r in rows]
+                return rows
+            if kind == "nodes":
+                return [self.node_row(entry) for entry in self.node_table()]
+            if kind == "jobs":
+                return self.job_rows()
+            rows = [row for state in self.node_states.values() for row in state.get(kind, ())]
+            if kind == "objects":
+                rows.sort(key=lambda row: row.get("size") or 0, reverse=True)
+            return rows
+
+    def node_row(self, entry: dict) -> dict:
+        state = self.node_states.get(entry["node_id"], {})
+        totals = state.get("object_totals", {})
+        return {"node_id": entry["node_id"], "address": entry.get("address"),
+                "node_ip": entry.get("node_ip"), "hostname": entry.get("hostname", ""),
+                "alive": entry.get("alive", False), "state": "ALIVE" if entry.get("alive")
+                else "DEAD", "resources_total": entry.get("resources", {}),
+                "resources_available": entry.get("available", {}),
+                "object_store_used": entry.get("store_used", 0),
+                "object_store_capacity": entry.get("store_capacity", 0),
+                "objects": totals.get("count"), "spilled_bytes": totals.get("spilled_bytes"),
+                "workers": entry.get("workers", 0), "running": entry.get("running", 0),
+                "queued": entry.get("queued", 0), "actors": entry.get("actors", 0)}
+
+    def job_rows(self) -> List[dict]:
+        drivers = {d["job_id"]: d for s in self.node_states.values()
+                   for d in s.get("drivers", ())}
+        counts: Dict[str, int] = {}
+        ended: Dict[str, float] = {}
+        for record in self.tasks.records():
+            job = record.get("job_id")
+            if job:
+                counts[job] = counts.get(job, 0) + 1
+                done = record.get("finished_at") or record.get("submitted_at") or 0
+                ended[job] = max(ended.get(job, 0), done)
+        rows = []
+        for job_hex, job in self.jobs.items():
+            running = job_hex in drivers
+            rows.append({"job_id": job_hex, "status": "RUNNING" if running else "FINISHED",
+                         "driver_pid": job.get("driver_pid"), "start_time": job["start_time"],
+                         "end_time": None if running else
+                         (job.get("last_driver_seen") or ended.get(job_hex)),
+                         "tasks": counts.get(job_hex, 0)})
+        return rows
+
+    def stats(self) -> Dict[str, Any]:
+        with self.lock:
+            stats = self.tasks.stats()
+            stats["nodes_reporting"] = len(self.node_states)
+            return stats
