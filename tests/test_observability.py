@@ -103,6 +103,7 @@ def test_summary_counts_by_function_and_state():
     summary = state.summarize_tasks()
     assert summary["summary"]["square"]["state_counts"]["FINISHED"] >= 5
     assert summary["summary"]["broken"]["state_counts"]["FAILED"] >= 1
+    assert summary["recording"]["tasks"] >= 6 and summary["recording"]["dropped_events"] == 0
 
 
 def test_actors_workers_nodes_and_jobs():

@@ -513,3 +513,57 @@ def test_format_table_picks_columns():
                                  "t3       RUNNING"]
     assert tables.format_table([]) == ""
     assert tables.format_table([], columns=["a"]) == "A"
+
+
+# ------------------------------------------------------------------ packed events
+
+
+def test_packed_buffer_packs_in_order_and_bounds_itself():
+    from zray._private.observe.events import PackedEventBuffer, unpack_events
+
+    buffer = PackedEventBuffer(limit=3)
+    for i in range(5):
+        buffer.record((b"t%d" % i, 0, float(i), "f", None))
+    assert len(buffer) == 3 and buffer.dropped == 2
+    data, count = buffer.drain()
+    assert count == 3 and len(buffer) == 0
+    assert [e[0] for e in unpack_events(data)] == [b"t0", b"t1", b"t2"]
+    assert buffer.drain() == (b"", 0)
+    assert not PackedEventBuffer(limit=0).enabled
+
+
+def test_the_heads_store_folds_packed_events_only_when_read():
+    from zray._private.head_state import ClusterState
+    from zray._private.ids import object_id
+    from zray._private.observe.events import PackedEventBuffer
+
+    node, task, worker = b"n" * 16, b"t" * 16, b"w" * 16
+    buffer = PackedEventBuffer()
+    buffer.record((task, 0, 1.0, "f", b"j" * 16, 0, None, None, ((b"o" * 20, 7),), 1))
+    buffer.record((task, 2, 2.0, worker, 42))
+    buffer.record((task, 3, 3.0, (5,)))
+    buffer.record((b"x" * 16, 9, 1.0))           # an unknown state: ignored
+    state = ClusterState(lambda: [], limit=10)
+    data, count = buffer.drain()
+    state.add_events({"node_id": node, "count": count}, [data])
+    assert len(state.tasks) == 0 and state.pending_count == 4   # not folded yet
+    (record,) = state.rows("tasks", {"detail": True})
+    assert record["state"] == "FINISHED" and record["worker_pid"] == 42
+    assert record["args"] == [{"object_id": (b"o" * 20).hex(), "size": 7}]
+    assert record["returns"] == [{"object_id": object_id(task, 0).hex(), "size": 5}]
+    assert state.stats()["ignored_events"] == 1
+
+
+def test_the_heads_store_drops_the_oldest_batches_past_its_limit():
+    from zray._private.head_state import ClusterState
+    from zray._private.observe.events import PackedEventBuffer
+
+    state = ClusterState(lambda: [], limit=2)   # at most 6 events waiting
+    for batch in range(4):
+        buffer = PackedEventBuffer()
+        for i in range(3):
+            buffer.record((bytes([batch, i]) * 8, 0, 1.0, "f", b"j" * 16, 0, None, None,
+                           None, 1))
+        data, count = buffer.drain()
+        state.add_events({"node_id": b"n" * 16, "count": count}, [data])
+    assert state.pending_count == 6 and state.stats()["dropped_events"] == 6

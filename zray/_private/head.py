@@ -413,7 +413,7 @@ class Head:
 
     # ------------------------------------------------------------------ queries
     def on_events(self, ident: bytes, body: protocol.Events, raw) -> None:
-        done = self.state.add_events(body)
+        done = self.state.add_events(body, raw)
         if done is not None:
             self.answer_state(done)
 

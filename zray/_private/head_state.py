@@ -19,18 +19,52 @@ Must not: send anything (the head does), or unpickle anything.
 
 from __future__ import annotations
 
+import collections
+import os
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional, Set
+from typing import Any, Callable, Deque, Dict, List, Optional, Set
 
 from zray._private.observe import tables
-from zray._private.observe.events import TaskStore
+from zray._private.ids import object_id
+from zray._private.observe.events import (
+    SUBMITTED, TASK_STATES, TASK_TYPES, TaskStore, unpack_events,
+)
 
 COLLECT_WAIT = 2.0     # seconds a query waits for slow nodes before it answers
 KINDS = ("tasks", "actors", "objects", "nodes", "workers", "jobs")
 SUMMARIES = {"summary_tasks": ("tasks", tables.summarize_tasks),
              "summary_actors": ("actors", tables.summarize_actors),
              "summary_objects": ("objects", tables.summarize_objects)}
+
+
+def records_limit() -> int:
+    """How many task records the head keeps (``ZRAY_TASK_RECORDS``; the oldest
+    finished ones go first)."""
+    try:
+        return max(1, int(os.environ.get("ZRAY_TASK_RECORDS", "100000")))
+    except ValueError:
+        return 100_000
+
+
+def expand(node_id: bytes, event: list) -> tuple:
+    """An agent's packed event (see agent.recorder) as ``observe.events`` reads it."""
+    task_id, code, when = bytes(event[0]), event[1], float(event[2])
+    state = TASK_STATES[code]
+    if code == 0:
+        name, job, kind, parent, actor, args, returns = event[3:10]
+        info = {"name": str(name), "job_id": bytes(job), "type": TASK_TYPES[kind],
+                "parent_task_id": parent, "actor_id": actor, "node_id": node_id,
+                "args": args or [], "returns": [object_id(task_id, i) for i in range(returns)]}
+    elif code == 2:
+        info = {"node_id": node_id, "worker_id": event[3], "pid": int(event[4])}
+    elif code == 3:
+        info = {"returns": [[object_id(task_id, i), size] for i, size in enumerate(event[3])]}
+    elif code == 4:
+        info = {"error": str(event[3])}
+    else:
+        info = {"node_id": node_id}
+    return task_id, state, when, info
 
 
 class Collect:
@@ -47,7 +81,9 @@ class Collect:
 
 
 class ClusterState:
-    def __init__(self, node_table: Callable[[], List[dict]], limit: int = 100_000) -> None:
+    def __init__(self, node_table: Callable[[], List[dict]], limit: Optional[int] = None) -> None:
+        if limit is None:
+            limit = records_limit()
         self.lock = threading.RLock()
         self.tasks = TaskStore(limit)
         self.node_table = node_table        # the head's nodes, as head_records.NodeEntry.as_dict
@@ -55,19 +91,55 @@ class ClusterState:
         self.jobs: Dict[str, dict] = {}          # job hex -> first and last seen
         self.collects: Dict[int, Collect] = {}
         self.next_collect = 0
+        self.pending: Deque[tuple] = collections.deque()   # (node id, events) not folded
+        self.pending_count = 0
+        self.pending_limit = 3 * limit       # about three events per task
+        self.dropped = 0                     # events lost before they were folded
+
+    def fold(self) -> None:
+        """Fold the events waiting into task records (call with the lock held)."""
+        while self.pending:
+            node_id, data, count = self.pending.popleft()
+            self.pending_count -= count
+            try:
+                events = unpack_events(data)
+            except Exception:  # a batch that does not unpack: counted, not raised
+                self.tasks.ignored_events += count
+                continue
+            expanded = []
+            for event in events:
+                try:
+                    one = expand(node_id, event)
+                except (TypeError, ValueError, IndexError, KeyError):
+                    self.tasks.ignored_events += 1
+                    continue
+                expanded.append(one)
+                if one[1] == SUBMITTED:
+                    self.saw_job(one[3]["job_id"].hex(), one[2])
+            self.tasks.add_events(expanded)
 
     # ------------------------------------------------------------------ input
-    def add_events(self, body: dict) -> Optional[Collect]:
-        """An agent's EVENTS; returns the collection it completed, if any."""
-        node_hex = bytes(body.get("node_id", b"")).hex()
-        events = body.get("events") or []
+    def add_events(self, body: dict, raw: Any = ()) -> Optional[Collect]:
+        """An agent's EVENTS; returns the collection it completed, if any.
+
+        Events are kept as they came and folded into records only when someone
+        reads (:meth:`fold`): a cluster nobody looks at spends no head CPU on
+        them.  Past :attr:`pending_limit` waiting events, the oldest batches go
+        (counted as dropped).
+        """
+        node_id = bytes(body.get("node_id", b""))
+        node_hex = node_id.hex()
+        count = int(body.get("count", 0) or 0)
         now = time.time()
         with self.lock:
-            self.tasks.add_events(events, int(body.get("dropped", 0) or 0))
-            for event in events:
-                info = event[3] if len(event) > 3 else None
-                if info and "job_id" in info:
-                    self.saw_job(bytes(info["job_id"]).hex(), event[2])
+            self.dropped += int(body.get("dropped", 0) or 0)
+            if count and raw:
+                self.pending.append((node_id, bytes(raw[0]), count))
+                self.pending_count += count
+                while self.pending_count > self.pending_limit and len(self.pending) > 1:
+                    _, _, lost = self.pending.popleft()
+                    self.pending_count -= lost
+                    self.dropped += lost
             if "state" in body:
                 state = body["state"]
                 self.node_states[node_hex] = state
@@ -129,7 +201,10 @@ class ClusterState:
         try:
             if kind in SUMMARIES:
                 source, summarize = SUMMARIES[kind]
-                return {"summary": summarize(self.rows(source, body))}
+                summary = summarize(self.rows(source, body))
+                if kind == "summary_tasks":
+                    summary["recording"] = self.stats()  # held, evicted, events dropped
+                return {"summary": summary}
             if kind not in KINDS:
                 raise ValueError(f"unknown state kind {kind!r}; one of: "
                                  f"{', '.join(KINDS + tuple(SUMMARIES))}")
@@ -146,6 +221,7 @@ class ClusterState:
     def rows(self, kind: str, body: Optional[dict] = None) -> List[dict]:
         body = body or {}
         with self.lock:
+            self.fold()
             if kind == "tasks":
                 rows = self.tasks.records(body.get("job") or None)
                 if not body.get("detail"):
@@ -197,6 +273,8 @@ class ClusterState:
 
     def stats(self) -> Dict[str, Any]:
         with self.lock:
+            self.fold()
             stats = self.tasks.stats()
+            stats["dropped_events"] += self.dropped
             stats["nodes_reporting"] = len(self.node_states)
             return stats

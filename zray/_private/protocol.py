@@ -436,9 +436,9 @@ class HeadReply(TypedDict, total=False):
 
 
 class Events(TypedDict, total=False):
-    """Task events (``observe.events``: ``[task_id, state, time, info]``), batched."""
+    """Task events, batched: raw[0] packs ``count`` of them (see agent.recorder)."""
     node_id: bytes
-    events: List[list]
+    count: int
     dropped: int             # events this node could not keep since its last batch
     collect: int             # answers that COLLECT; then ``state`` is set
     state: dict              # the node's workers, actors, drivers and largest objects

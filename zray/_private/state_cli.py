@@ -73,6 +73,11 @@ def format_summary(kind: str, summary: dict, fmt: str) -> str:
         rows.append({"name": name, "type": entry.get("type", ""),
                      "states": ", ".join(f"{state}: {n}" for state, n in sorted(counts.items()))})
     header = f"total: {summary.get('total_tasks', summary.get('total_actors', len(rows)))}"
+    recording = summary.get("recording")
+    if recording:
+        header += (f" (the head keeps {recording['tasks']:,} of at most {recording['limit']:,}"
+                   f" task records; {recording['evicted']:,} evicted, "
+                   f"{recording['dropped_events']:,} events dropped by full buffers)")
     return header + "\n" + tables.format_table(rows, ["name", "type", "states"])
 
 

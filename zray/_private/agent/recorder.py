@@ -25,10 +25,7 @@ import os
 import time
 from typing import Any, Callable, Dict, List, Optional
 
-from zray._private.observe.events import (
-    ACTOR_CREATION_TASK, ACTOR_TASK, FAILED, FINISHED, NORMAL_TASK, RUNNING, SUBMITTED,
-    EventBuffer,
-)
+from zray._private.observe.events import PackedEventBuffer
 from zray._private.agent.objects import PENDING
 from zray._private.protocol import ObjectKind, Op
 
@@ -52,8 +49,8 @@ class Recorder:
         self.node_id = node_id
         self.wire = wire
         self.objects = objects
-        self.buffer = EventBuffer(limit)
-        self.buffer.enabled = limit > 0
+        self.buffer = PackedEventBuffer(limit)
+        self.record = self.buffer.record
         self.next_flush = 0.0
         self.sent_dropped = 0
         self.output: Any = None     # the node's file of what tasks printed
@@ -67,31 +64,26 @@ class Recorder:
         return self.buffer.enabled
 
     # ------------------------------------------------------------------ events
+    # One flat tuple per event, packed at once (see head_state.expand):
+    # (task_id, state's index in TASK_STATES, time, fields ...).
     def submitted(self, task: Any, parent: Optional[bytes]) -> None:
-        if not self.buffer.enabled:
-            return
         spec = task.spec
-        kind = ACTOR_CREATION_TASK if spec.get("new_actor") else \
-            ACTOR_TASK if "actor_id" in spec else NORMAL_TASK
-        self.buffer.record(task.tid, SUBMITTED, time.time(), {
-            "name": task.name, "job_id": task.job, "type": kind, "parent_task_id": parent,
-            "actor_id": spec.get("actor_id"), "node_id": self.node_id,
-            "args": [[oid, self.size_of(oid)] for oid in task.deps],
-            "returns": task.returns})
+        deps = task.deps
+        self.record((task.tid, 0, time.time(), task.name, task.job,
+                     2 if spec.get("new_actor") else 1 if "actor_id" in spec else 0,
+                     parent, spec.get("actor_id"),
+                     tuple((oid, self.size_of(oid)) for oid in deps) if deps else None,
+                     len(task.returns)))
 
     def running(self, task: Any, worker: Any) -> None:
-        if self.buffer.enabled:
-            self.buffer.record(task.tid, RUNNING, time.time(), {
-                "node_id": self.node_id, "worker_id": worker.wid, "pid": worker.pid})
+        self.record((task.tid, 2, time.time(), worker.wid, worker.pid))
 
     def finished(self, task: Any) -> None:
-        if not self.buffer.enabled:
-            return
         if task.err:
-            self.buffer.record(task.tid, FAILED, time.time(), {"error": task.err})
+            self.record((task.tid, 4, time.time(), task.err))
         else:
-            self.buffer.record(task.tid, FINISHED, time.time(), {
-                "returns": [[oid, self.size_of(oid)] for oid in task.returns]})
+            self.record((task.tid, 3, time.time(),
+                         tuple(self.size_of(oid) for oid in task.returns)))
 
     def size_of(self, oid: bytes) -> Optional[int]:
         obj = self.objects.get(oid)
@@ -130,13 +122,14 @@ class Recorder:
                 self.send()
 
     def send(self, collect: int = 0) -> None:
-        body: Dict[str, Any] = {"node_id": self.node_id, "events": self.buffer.drain(),
+        events, count = self.buffer.drain()
+        body: Dict[str, Any] = {"node_id": self.node_id, "count": count,
                                 "dropped": self.buffer.dropped - self.sent_dropped}
         self.sent_dropped = self.buffer.dropped
         if collect:
             body["collect"] = collect
             body["state"] = self.snapshot()
-        self.wire.send_head(Op.EVENTS, body)
+        self.wire.send_head(Op.EVENTS, body, events)
 
     def on_collect(self, body: dict, raw) -> None:
         self.send(int(body.get("collect", 0)))
