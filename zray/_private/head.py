@@ -84,7 +84,7 @@ class Head:
                          Op.HEAD_QUERY: self.on_head_query, Op.FORWARD: self.on_forward,
                          Op.RESULT: self.on_result, Op.OBJECTS_FREED: self.on_objects_freed,
                          Op.KILL_ACTOR: self.on_kill_actor, Op.LOG: self.on_log,
-                         Op.EVENTS: self.on_events}
+                         Op.EVENTS: self.on_events, Op.JOB_ENDED: self.on_job_ended}
 
     # ------------------------------------------------------------------ sockets
     def bind(self) -> None:
@@ -365,6 +365,10 @@ class Head:
         if not self.to_node(target, Op.FORWARD, placed.body, *placed.raw):
             self.placed.pop(placed.task_id, None)
             self.unplaced.append(placed)
+        elif target == placed.origin:
+            # Back on the node that owns it: that node runs and finishes it as its
+            # own (no RESULT comes back), and it dies with its owner.
+            self.placed.pop(placed.task_id, None)
 
     def place_unplaced(self) -> None:
         waiting, self.unplaced = self.unplaced, []
@@ -412,6 +416,16 @@ class Head:
             logger.info("kill of actor %s: no alive node holds it", body["actor_id"].hex()[:8])
 
     # ------------------------------------------------------------------ queries
+    def on_job_ended(self, ident: bytes, body: protocol.JobEnded, raw) -> None:
+        """A driver left: every other node ends its job's work; forwarded work goes."""
+        job = body["job_id"]
+        for node in self.nodes.values():
+            if node.alive and node.ident != ident:
+                self.reply(node.ident, Op.JOB_ENDED, body)
+        for tid in [t for t, p in self.placed.items() if p.task.get("job_id") == job]:
+            del self.placed[tid]
+        self.unplaced = [p for p in self.unplaced if p.task.get("job_id") != job]
+
     def on_events(self, ident: bytes, body: protocol.Events, raw) -> None:
         done = self.state.add_events(body, raw)
         if done is not None:

@@ -99,6 +99,7 @@ class Op(enum.IntEnum):
     TASK_UNPLACEABLE = 73  # no node can run a forwarded task yet: it waits at the head
     EVENTS = 74         # task events, and the node's state when collected (agent -> head)
     COLLECT = 75        # send your events and state now, for a state query (head -> agent)
+    JOB_ENDED = 76      # a driver left or died: end its job's work everywhere (agent <-> head)
 
     # node agent <-> node agent (object transfer ROUTER)
     PULL = 70           # send me [offset, offset + length) of an object
@@ -448,6 +449,11 @@ class Collect(TypedDict):
     collect: int
 
 
+class JobEnded(TypedDict):
+    job_id: bytes
+    reason: str
+
+
 class StateQuery(TypedDict, total=False):
     """QUERY / HEAD_QUERY ``what="state"``: rows of the cluster's state API."""
     kind: str                # tasks, actors, objects, nodes, workers, jobs (or summary_...)
@@ -542,7 +548,7 @@ BODIES: Dict[Op, Any] = {
     Op.RESULT: Result, Op.TASK_FAILED: TaskFailed, Op.TASK_UNPLACEABLE: TaskUnplaceable,
     Op.OBJECTS_FREED: ObjectsFreed, Op.KILL_ACTOR: KillActor, Op.PULL: PullRequest,
     Op.CHUNK: Chunk, Op.PUB_NODE: PubNode, Op.PUB_OBJECT: PubObject, Op.EVENTS: Events,
-    Op.COLLECT: Collect,
+    Op.COLLECT: Collect, Op.JOB_ENDED: JobEnded,
 }
 
 

@@ -239,6 +239,12 @@ class ActorTable:
         elif actor.killed:
             self.dead(actor)
 
+    def end_job(self, job: bytes, why: str) -> None:
+        """A job's driver is gone: its actors go too, unless detached."""
+        for actor in list(self.actors.values()):
+            if actor.spec.get("job_id") == job and not actor.detached:
+                self.kill(actor.aid, True, from_head=True, reason=f"the actor was killed: {why}")
+
     def object_freed(self, oid: bytes, obj: Any) -> None:
         """Listener: an anchor freed means the actor's last handle is gone."""
         actor = self.anchors.pop(oid, None)

@@ -267,6 +267,8 @@ class ClusterLink:
             if known.state is REMOTE:
                 self.came_back(known)  # the head placed it on a node it had passed
             return
+        if body["origin"] == self.node_id:
+            return  # one of ours that ended (cancelled, its job gone) while the head held it
         if "function_frame" in body:
             self.tasks.add_function(spec["function_id"], raw[body["function_frame"]],
                                     body.get("sys_path") or [])

@@ -38,6 +38,7 @@ import socket
 import time
 from typing import Any, Dict, List, Optional
 
+import psutil
 import zmq
 
 from zray import exceptions
@@ -46,7 +47,7 @@ from zray._private.agent.actors import ActorTable
 from zray._private.agent.cluster import ClusterLink, HeadLink, cluster_resources
 from zray._private.agent.dispatch import Dispatcher
 from zray._private.agent.objects import ObjectTable
-from zray._private.agent.recorder import Recorder, events_limit, rows_of_actors, rows_of_workers
+from zray._private.agent.recorder import Recorder, events_limit, parent_of, state_rows
 from zray._private.agent.resources import NodeResources
 from zray._private.agent.tasks import TaskTable
 from zray._private.agent.transfer import Transfer
@@ -60,18 +61,32 @@ _POLLIN = int(zmq.POLLIN)     # plain ints: pyzmq's flag enums are slow to combi
 _NOBLOCK = int(zmq.NOBLOCK)
 
 PARENT_CHECK_INTERVAL = 0.2
+DRIVER_CHECK_INTERVAL = 1.0   # how often drivers' processes are looked at (a SIGKILL says no BYE)
 
 
 class ClientRec:
     """A connected driver or worker."""
 
-    __slots__ = ("ident", "kind", "pid", "job")
+    __slots__ = ("ident", "kind", "pid", "job", "started")
 
     def __init__(self, ident: bytes, kind: str, pid: int, job: bytes) -> None:
         self.ident = ident
         self.kind = kind
         self.pid = pid
         self.job = job
+        self.started = process_started(pid)   # tells its pid from a reused one
+
+    def gone(self) -> bool:
+        """Whether its process has exited (it may not have said BYE)."""
+        return self.started is not None and process_started(self.pid) != self.started
+
+
+def process_started(pid: int) -> Optional[float]:
+    """When process ``pid`` started, or None if there is none (or it is not ours to see)."""
+    try:
+        return psutil.Process(pid).create_time()
+    except (psutil.Error, ValueError):
+        return None
 
 
 class Agent:
@@ -141,10 +156,13 @@ class Agent:
         dispatcher.on_actor_started = actors.started
         recorder = self.recorder
         if recorder.enabled:
-            tasks.on_submitted = lambda task: recorder.submitted(task, self.parent_of(task.owner))
+            tasks.on_submitted = lambda task: recorder.submitted(
+                task, parent_of(self.workers.get(task.owner)))
             tasks.on_finished = recorder.finished
             dispatcher.on_running = actors.on_running = recorder.running
-        recorder.snapshot_parts = self.state_rows
+        recorder.snapshot_parts = lambda: state_rows(
+            self.node_id, self.clients.values(), self.workers.workers.values(),
+            self.actors.actors.values())
         recorder.ask_head = self.head.request
         actors.ask_head = self.head.request
         self.workers.on_worker_died = self.worker_died
@@ -182,6 +200,7 @@ class Agent:
                     Op.HEARTBEAT_ACK: self.head.on_heartbeat_ack,
                     Op.HEAD_REPLY: self.head.on_head_reply,
                     Op.COLLECT: self.recorder.on_collect,
+                    Op.JOB_ENDED: self.job_ended,
                     Op.LOG: lambda body, raw: self.on_log(b"", body, raw)}
         cluster = self.cluster
         if cluster is not None:
@@ -277,6 +296,7 @@ class Agent:
         self.head.start(time.monotonic())
         self.workers.want(min(4, self.resources.cpus()))
         next_parent = time.monotonic() + PARENT_CHECK_INTERVAL
+        next_drivers = time.monotonic() + DRIVER_CHECK_INTERVAL
         try:
             while self.running:
                 events = dict(poller.poll(100))
@@ -308,6 +328,9 @@ class Agent:
                     if self.parent_pid and os.getppid() != self.parent_pid:
                         logger.info("parent %s gone; node agent exits", self.parent_pid)
                         break
+                if now >= next_drivers:
+                    next_drivers = now + DRIVER_CHECK_INTERVAL
+                    self.check_drivers()
         finally:
             self.cleanup()
 
@@ -384,7 +407,34 @@ class Agent:
             "pid": os.getpid(), "ip": self.node_ip})
 
     def on_bye(self, ident: bytes, body: dict, raw) -> None:
-        self.drop_client(ident)
+        client = self.clients.get(ident)
+        if client is not None and client.kind == "driver":
+            self.end_job(client, "its driver disconnected")
+        else:
+            self.drop_client(ident)
+
+    def check_drivers(self) -> None:
+        for client in [c for c in self.clients.values() if c.kind == "driver"]:
+            if client.gone():
+                logger.warning("driver pid %d (job %s) exited without disconnecting: ending "
+                               "its job", client.pid, client.job.hex()[:8])
+                self.end_job(client, f"its driver (pid {client.pid}) died")
+
+    def end_job(self, client: "ClientRec", why: str) -> None:
+        """A driver is gone: its refs go, and its job's tasks and actors, on every node."""
+        self.drop_client(client.ident)
+        self.job_ended({"job_id": client.job, "reason": why})
+        if self.cluster is not None:
+            self.wire.send_head(Op.JOB_ENDED, {"job_id": client.job, "reason": why})
+
+    def job_ended(self, body: dict, raw: Any = ()) -> None:
+        """End a job's work here (its driver's node says so, through the head)."""
+        job, why = body["job_id"], body.get("reason") or "its driver is gone"
+        ended = self.tasks.end_job(job, why)
+        self.actors.end_job(job, why)
+        if ended:
+            logger.info("job %s ended (%s): %d task(s) dropped or cancelled", job.hex()[:8],
+                        why, ended)
 
     def drop_client(self, ident: bytes) -> None:
         client = self.clients.pop(ident, None)
@@ -458,21 +508,6 @@ class Agent:
               "available": self.resources.as_amounts(),
               "store_capacity": self.objects.capacity, "store_used": self.objects.used}
         return self.head.node_table(me)
-
-    def parent_of(self, owner: bytes) -> Optional[bytes]:
-        """The task a submitter is running (None: a driver, or a worker between tasks)."""
-        worker = self.workers.get(owner)
-        task = worker.task if worker is not None else None
-        return task.tid if task is not None else None
-
-    def state_rows(self) -> dict:
-        """This node's workers, actors and drivers, for the state API."""
-        node_hex = self.node_id.hex()
-        drivers = [{"job_id": c.job.hex(), "pid": c.pid, "node_id": node_hex}
-                   for c in self.clients.values() if c.kind == "driver"]
-        return {"workers": rows_of_workers(list(self.workers.workers.values()), node_hex),
-                "actors": rows_of_actors(list(self.actors.actors.values()), node_hex),
-                "drivers": drivers}
 
     def on_query(self, ident: bytes, body: dict, raw) -> None:
         what = body.get("what")

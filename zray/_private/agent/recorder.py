@@ -178,6 +178,21 @@ class Recorder:
         self.ask_head(question, answered)
 
 
+def parent_of(worker: Any) -> Optional[bytes]:
+    """The task a submitting worker is running (None: a driver, or no task now)."""
+    task = worker.task if worker is not None else None
+    return task.tid if task is not None else None
+
+
+def state_rows(node_id: bytes, clients: Any, workers: Any, actors: Any) -> dict:
+    """A node's workers, actors and drivers, as the state API lists them."""
+    node_hex = node_id.hex()
+    drivers = [{"job_id": c.job.hex(), "pid": c.pid, "node_id": node_hex}
+               for c in clients if c.kind == "driver"]
+    return {"workers": rows_of_workers(list(workers), node_hex),
+            "actors": rows_of_actors(list(actors), node_hex), "drivers": drivers}
+
+
 def rows_of_workers(workers: List[Any], node_hex: str) -> List[dict]:
     rows = []
     for worker in workers:

@@ -306,6 +306,26 @@ class TaskTable:
         if task.worker is not None:
             self.interrupt(task, bool(body.get("force")))
 
+    def end_job(self, job: bytes, why: str) -> int:
+        """A job's driver is gone: drop its waiting and queued tasks, cancel its
+        running ones (an actor's calls run out: the actor decides its own fate).
+        Returns how many tasks it ended."""
+        ended = 0
+        for task in [t for t in self.tasks.values() if t.job == job]:
+            if task.state is WAITING or task.state is QUEUED or task.state is REMOTE:
+                self.unwait(task)
+                self.dequeue(task)
+                task.state = FINISHED  # queues skip it lazily
+                self.finish_with_error(task, exceptions.TaskCancelledError(
+                    f"task {task.name} was cancelled: {why}"))
+                ended += 1
+            elif task.state is RUNNING and not task.cancelled and task.actor is None:
+                task.cancelled = True
+                if task.worker is not None:
+                    self.interrupt(task, True)
+                ended += 1
+        return ended
+
     def unwait(self, task: Task) -> None:
         for oid in task.deps:
             self.objects.unwait(oid, task)

@@ -1,0 +1,177 @@
+"""Faults on a real cluster over loopback: a driver SIGKILLed with work queued and
+objects held, and a node killed while tasks run.  Nothing may be lost or held.
+
+One head (2 CPUs) and one `zray worker` node (2 CPUs, ``far``), shared by the
+module; the node is killed last.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+
+import pytest
+from clusters import ROOT, Cluster
+
+import zray
+from zray import exceptions
+
+pytestmark = pytest.mark.timeout(150)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    tmpdir = tempfile.mkdtemp(prefix="zf", dir="/tmp")  # short: it holds socket paths
+    c = Cluster(tmpdir)
+    old = os.environ.get("ZRAY_TMPDIR")
+    os.environ["ZRAY_TMPDIR"] = tmpdir
+    try:
+        out = c.zray("head", "--port", str(c.port), "--num-cpus", "2", "--no-dashboard",
+                     "--object-store-memory", str(600 << 20)).stdout
+        c.token = out.split("token: ")[1].split()[0]
+        c.zray("worker", "--address", c.address, "--token", c.token, "--num-cpus", "2",
+               "--resources", json.dumps({"far": 2}), "--object-store-memory", str(600 << 20))
+        zray.init(address=c.address)
+        deadline = time.monotonic() + 10
+        while zray.cluster_resources().get("CPU") != 4 and time.monotonic() < deadline:
+            time.sleep(0.05)  # the driver's node hears of the worker's join from the head
+        yield c
+    finally:
+        zray.shutdown()
+        c.zray("stop", check=False)
+        shutil.rmtree(tmpdir, ignore_errors=True)
+        if old is None:
+            os.environ.pop("ZRAY_TMPDIR", None)
+        else:
+            os.environ["ZRAY_TMPDIR"] = old
+
+
+def totals(cluster) -> dict:
+    status = cluster.status()
+    return {"pending": status["tasks"]["pending"], "running": status["tasks"]["running"],
+            "store": status["object_store"]["used"], "actors": status["actors_alive"]}
+
+
+DOOMED_DRIVER = textwrap.dedent("""
+    import sys, time
+    import numpy as np
+    import zray
+
+    zray.init(address=sys.argv[1])
+
+    @zray.remote(max_retries=0)
+    def slow(i):
+        time.sleep(0.05)
+        return i
+
+    @zray.remote
+    class Keeper:
+        def ping(self):
+            return "pong"
+
+    held = [zray.put(np.ones(50 << 20, dtype=np.uint8)) for _ in range(2)]   # 100 MiB
+    keeper = Keeper.remote()
+    survivor = Keeper.options(name="survivor", namespace="faults", lifetime="detached").remote()
+    zray.get([keeper.ping.remote(), survivor.ping.remote()])
+    refs = [slow.remote(i) for i in range(2000)]
+    refs += [slow.options(resources={"far": 1}).remote(i) for i in range(500)]
+    print("ready", flush=True)
+    time.sleep(600)
+""")
+
+
+def test_a_killed_drivers_work_objects_and_actors_are_cleared(cluster, tmp_path):
+    before = totals(cluster)
+    script = tmp_path / "doomed.py"
+    script.write_text(DOOMED_DRIVER)
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    proc = subprocess.Popen([sys.executable, str(script), cluster.address], env=env,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        deadline = time.monotonic() + 10
+        while True:  # nodes report their load with each heartbeat
+            busy = totals(cluster)
+            if busy["store"] >= before["store"] + (100 << 20) and busy["actors"] >= 2 \
+                    and busy["pending"] > 100:
+                break
+            assert time.monotonic() < deadline, busy
+            time.sleep(0.1)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    killed = time.monotonic()
+    deadline = killed + 20
+    while True:  # the node looks at its drivers every second
+        now = totals(cluster)
+        if now["pending"] == 0 and now["running"] == 0 and now["store"] <= before["store"] \
+                and now["actors"] == before["actors"] + 1:
+            break
+        assert time.monotonic() < deadline, f"not cleared after 20 s: {now} (before {before})"
+        time.sleep(0.1)
+    print(f"\na SIGKILLed driver's 2,500 tasks, 100 MiB and actor cleared in "
+          f"{time.monotonic() - killed:.1f} s")
+
+    @zray.remote
+    def quick():
+        return "served"
+
+    start = time.monotonic()
+    assert zray.get(quick.remote(), timeout=30) == "served"
+    assert time.monotonic() - start < 5  # not behind the dead driver's queue
+    survivor = zray.get_actor("survivor", namespace="faults")  # detached: outlives its driver
+    assert zray.get(survivor.ping.remote(), timeout=30) == "pong"
+    zray.kill(survivor)
+
+
+def test_a_drivers_goodbye_ends_its_job_too(cluster, tmp_path):
+    code = textwrap.dedent("""
+        import sys, time, zray
+        zray.init(address=sys.argv[1])
+        @zray.remote(max_retries=0)
+        def slow(i):
+            time.sleep(0.05)
+        refs = [slow.remote(i) for i in range(1000)]
+        zray.shutdown()
+    """)
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    subprocess.run([sys.executable, "-c", code, cluster.address], env=env, check=True,
+                   timeout=60)
+    deadline = time.monotonic() + 20
+    while (now := totals(cluster))["pending"] or now["running"]:
+        assert time.monotonic() < deadline, now
+        time.sleep(0.1)
+
+
+def test_a_node_killed_mid_run_loses_no_task(cluster):
+    @zray.remote(max_retries=3)
+    def work(i):
+        time.sleep(0.2)
+        return i
+
+    refs = [work.remote(i) for i in range(60)]
+    deadline = time.monotonic() + 30
+    while totals(cluster)["running"] < 3:  # both nodes busy
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    far = next(r for r in cluster.records() if r["kind"] == "worker")
+    os.kill(far["procs"][0]["pid"], signal.SIGKILL)
+    killed = time.monotonic()
+    ready, pending = zray.wait(refs, num_returns=len(refs), timeout=90)
+    assert not pending, f"{len(pending)} of 60 tasks never ended"
+    assert sorted(zray.get(ready)) == list(range(60))
+    print(f"\n60 tasks all ended {time.monotonic() - killed:.1f} s after their node was killed")
+    from zray._private import services
+    deadline = time.monotonic() + 10
+    while services.head_query(cluster.address, cluster.token, "status")["forwarded"]:
+        assert time.monotonic() < deadline, "the head still holds forwarded tasks"
+        time.sleep(0.1)
+    with pytest.raises(exceptions.GetTimeoutError):
+        zray.get(work.options(resources={"far": 1}).remote(0), timeout=1)  # no such node now
