@@ -198,6 +198,22 @@ def test_a_generator_on_another_node_streams_its_items(cluster, tmp_path):
         zray.get(refs[3], timeout=30)
 
 
+def test_a_ref_put_inside_a_task_on_another_node_can_be_read(cluster):
+    @zray.remote(resources={"gamma": 1})
+    def make(n):
+        return zray.put(np.arange(n)), zray.put("small")
+
+    big, small = zray.get(make.remote(1_000_000), timeout=30)
+    assert int(zray.get(big, timeout=30)[-1]) == 999_999
+    assert zray.get(small, timeout=30) == "small"
+
+    @zray.remote(resources={"beta": 1})
+    def total(ref_list):
+        return int(zray.get(ref_list[0]).sum())
+
+    assert zray.get(total.remote([big]), timeout=30) == 999_999 * 1_000_000 // 2
+
+
 def test_100mb_object_made_on_one_node_read_on_another(cluster):
     n = 100 * 1024 * 1024 // 8
 

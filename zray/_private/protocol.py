@@ -140,6 +140,7 @@ class Descriptor(TypedDict, total=False):
     size: int
     contained: List[bytes]   # refs pickled inside the value (results and seals)
     pinned: bool
+    inner: bool              # RESULT: not a result, a ref inside one (sent along)
 
 
 class TaskSpec(TypedDict, total=False):

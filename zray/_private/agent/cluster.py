@@ -329,20 +329,26 @@ class ClusterLink:
         self.send_objects(task, oids, True)
 
     def send_objects(self, task: Task, oids: List[bytes], partial: bool) -> None:
-        results = []
+        results: List[dict] = []
         frames: List[Any] = []
+        inner: List[bytes] = []
         for oid in oids:
             obj = self.objects.get(oid)
             if obj is None or obj.state is not READY:
                 continue
-            if obj.kind == SHARED:  # stays here; the origin pulls it when read
-                results.append({"object_id": oid, "kind": int(obj.kind), "layout": obj.layout,
-                                "size": obj.size, "contained": obj.contained})
-                obj.exported = True
-            else:
-                results.append({"object_id": oid, "kind": int(obj.kind), "layout": obj.layout,
-                                "frame": len(frames), "contained": obj.contained})
-                frames.append(obj.data)
+            results.append(self.entry(oid, obj, frames))
+            inner += obj.contained
+        # Refs inside the results (a task that returns zray.put(x)) go along, so the
+        # origin knows what and where they are; shared ones are kept here for it.
+        for oid in inner:
+            obj = self.objects.get(oid)
+            if obj is None or obj.state is not READY or obj.where:
+                continue
+            entry = self.entry(oid, obj, frames)
+            entry["inner"] = True
+            results.append(entry)
+            if obj.kind == SHARED:
+                self.objects.hold_for_node(oid, task.origin)
         body = {"task_id": task.tid, "origin": task.origin, "node_id": self.node_id,
                 "results": results, "error": task.err}
         if partial:
@@ -357,6 +363,17 @@ class ClusterLink:
             else:
                 self.release_held(oid)  # its bytes went with the RESULT
 
+    def entry(self, oid: bytes, obj: Any, frames: List[Any]) -> dict:
+        """A local object as a RESULT entry: a shared one stays here (the origin pulls
+        it when read), the bytes of any other travel in ``frames``."""
+        if obj.kind == SHARED:
+            obj.exported = True
+            return {"object_id": oid, "kind": int(obj.kind), "layout": obj.layout,
+                    "size": obj.size, "contained": obj.contained}
+        frames.append(obj.data)
+        return {"object_id": oid, "kind": int(obj.kind), "layout": obj.layout,
+                "frame": len(frames) - 1, "contained": obj.contained}
+
     def remote_task(self, body: dict) -> Optional[Task]:
         task = self.tasks.get(body["task_id"])
         return task if task is not None and task.state is REMOTE else None
@@ -367,10 +384,17 @@ class ClusterLink:
             return
         node = body.get("node_id")
         partial = body.get("partial")
-        for result in body.get("results", ()):
+        results = body.get("results", ())
+        for result in results:  # refs inside results must exist before those results seal
+            if result.get("inner"):
+                self.objects.ensure(result["object_id"])
+        for result in results:
             oid = result["object_id"]
-            if partial:  # a generator's item: its owner holds it from now on
+            if partial and not result.get("inner"):  # a generator's item: its owner's now
                 self.objects.expect_result(oid, task.owner)
+            known = self.objects.get(oid)
+            if result.get("inner") and known is not None and known.state is READY:
+                continue  # a copy is here already
             obj = self.objects.ensure(oid)  # nobody may hold it: then it goes once sealed
             obj.exported = True
             kind = result["kind"]
