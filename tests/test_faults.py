@@ -165,7 +165,12 @@ def test_a_node_killed_mid_run_loses_no_task(cluster):
     os.kill(far["procs"][0]["pid"], signal.SIGKILL)
     killed = time.monotonic()
     ready, pending = zray.wait(refs, num_returns=len(refs), timeout=90)
-    assert not pending, f"{len(pending)} of 60 tasks never ended"
+    if pending:
+        from zray.util import state
+        from zray._private.services import log_tail
+        stuck = [state.get_task(ref.task_id().hex()) for ref in pending]
+        logs = "\n".join(log_tail(r["session_dir"])[-3000:] for r in cluster.records())
+        raise AssertionError(f"{len(pending)} of 60 tasks never ended: {stuck}\n{logs}")
     assert sorted(zray.get(ready)) == list(range(60))
     print(f"\n60 tasks all ended {time.monotonic() - killed:.1f} s after their node was killed")
     from zray._private import services
@@ -175,3 +180,55 @@ def test_a_node_killed_mid_run_loses_no_task(cluster):
         time.sleep(0.1)
     with pytest.raises(exceptions.GetTimeoutError):
         zray.get(work.options(resources={"far": 1}).remote(0), timeout=1)  # no such node now
+
+
+def test_results_stay_where_made_and_lost_ones_are_rebuilt_from_lineage(cluster, tmp_path):
+    from zray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    cluster.zray("worker", "--address", cluster.address, "--token", cluster.token,
+                 "--num-cpus", "2", "--resources", json.dumps({"far": 2}),
+                 "--object-store-memory", str(600 << 20))
+    deadline = time.monotonic() + 20
+    while zray.cluster_resources().get("far") != 2:
+        assert time.monotonic() < deadline, "the new node did not join"
+        time.sleep(0.05)
+    far = next(n["node_id"] for n in cluster.status()["nodes"]
+               if n["alive"] and n["resources"].get("far"))
+    there = NodeAffinitySchedulingStrategy(far, soft=True)   # elsewhere once it is gone
+    runs = tmp_path / "runs"
+
+    @zray.remote(scheduling_strategy=there, max_retries=2)
+    def make(n):
+        import numpy as np
+        with open(runs, "a") as f:
+            f.write(zray.get_runtime_context().get_node_id() + "\n")
+        return np.arange(n, dtype=np.int64)
+
+    @zray.remote(scheduling_strategy=there, max_retries=2)
+    def double(a):
+        return a * 2
+
+    @zray.remote(scheduling_strategy=there)
+    def put_inside():
+        import numpy as np
+        return [zray.put(np.ones(1_000_000))]
+
+    first = make.remote(2_000_000)          # 16 MB, only on the far node
+    second = double.remote(first)           # made from it, also there
+    del first                               # only the lineage of `second` needs it now
+    inner = zray.get(put_inside.remote(), timeout=30)[0]   # a put: no lineage
+    ready, _ = zray.wait([second], timeout=30)
+    assert ready
+    head_node = next(n for n in cluster.status()["nodes"] if not n["resources"].get("far"))
+    assert head_node["store_used"] < 8 << 20, "a large result was copied to the owner's node"
+    far_record = next(r for r in cluster.records() if r["node_id"] == far)
+    os.kill(far_record["procs"][0]["pid"], signal.SIGKILL)
+    lost = time.monotonic()
+    value = zray.get(second, timeout=60)     # made again: `make`, then `double`, elsewhere
+    assert value.shape == (2_000_000,) and int(value[-1]) == 2 * 1_999_999
+    print(f"\ntwo lost objects rebuilt from lineage {time.monotonic() - lost:.1f} s after "
+          f"their node was killed")
+    made_on = runs.read_text().split()
+    assert made_on[0] == far and len(made_on) == 2 and made_on[1] != far
+    with pytest.raises(exceptions.ObjectLostError):
+        zray.get(inner, timeout=30)

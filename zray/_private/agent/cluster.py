@@ -408,6 +408,8 @@ class ClusterLink:
             if kind == protocol.ObjectKind.ERROR:
                 self.tasks.record_error(task, body.get("error", ""))
         if not partial:
+            self.tasks.remember(task, [r["object_id"] for r in results if r["kind"] == SHARED
+                                       and not r.get("inner")])
             self.tasks.finish(task)
 
     def on_task_failed(self, body: dict, raw) -> None:

@@ -42,7 +42,7 @@ import psutil
 import zmq
 
 from zray import exceptions
-from zray._private import protocol, security
+from zray._private import protocol, ratelog, security, validate
 from zray._private.agent.actors import ActorTable
 from zray._private.agent.cluster import ClusterLink, HeadLink, cluster_resources
 from zray._private.agent.dispatch import Dispatcher
@@ -171,6 +171,8 @@ class Agent:
         if cluster is not None:
             objects.puller = self.transfer
             objects.freed_listeners.append(cluster.object_freed)
+            objects.freed_listeners.append(tasks.result_freed)
+            objects.rebuild = tasks.rebuild
             tasks.forward = cluster.forward
             tasks.on_forwarded_finished = cluster.send_result
             tasks.on_forwarded_yielded = cluster.send_items
@@ -345,22 +347,22 @@ class Agent:
 
     def handle(self, frames: List[Any]) -> None:
         ident = frames[0].bytes
+        op, body = None, {}
         try:
             op, body, raw = protocol.decode([frames[1].buffer] + frames[2:])
+            handler = self.handlers.get(op) or validate.unserved(op, "the node agent")
+            validate.check(op, body, raw)  # a refused message is refused whole: nothing runs
         except (protocol.ProtocolError, IndexError) as exc:
-            logger.warning("malformed message from %s: %s", ident.hex()[:8], exc)
-            self.wire.send(ident, Op.ERROR, protocol.error_body(0, exc))
+            ratelog.limited(logger).refused(op, ident.hex()[:8], exc)
+            self.wire.send(ident, Op.ERROR, protocol.error_body(validate.req_of(body), exc))
             return
-        handler = self.handlers.get(op)
         try:
-            if handler is None:
-                raise protocol.ProtocolError(f"the node agent does not serve {op.name}")
             handler(ident, body, raw)
         except Exception as exc:
             if not isinstance(exc, (ValueError, exceptions.ZrayError, protocol.ProtocolError)):
-                logger.exception("handler %s failed", op.name)
+                ratelog.limited(logger).failed(op, exc)
                 exc = exceptions.ZrayError(f"{op.name} failed: {type(exc).__name__}: {exc}")
-            self.wire.send(ident, Op.ERROR, protocol.error_body(body.get("req", 0), exc))
+            self.wire.send(ident, Op.ERROR, protocol.error_body(validate.req_of(body), exc))
 
     def drain_head(self) -> None:
         self.head.heard(time.monotonic())
@@ -369,19 +371,20 @@ class Agent:
                 frames = self.head_sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
+            op, body = None, {}
             try:
                 op, body, raw = protocol.decode(frames)
+                handler = self.head_handlers.get(op) or validate.unserved(op, "a node agent")
+                validate.check(op, body, raw)
             except protocol.ProtocolError as exc:
-                logger.warning("malformed message from head: %s", exc)
-                continue
-            handler = self.head_handlers.get(op)
-            if handler is None:
-                logger.warning("the head sent %s, which a node agent does not serve", op.name)
+                ratelog.limited(logger).refused(op, "the head", exc)
+                if op is Op.HEAD_REPLY and validate.req_of(body) in self.head.pending:
+                    self.head.on_head_reply({"req": body["req"], "error": f"refused: {exc}"}, [])
                 continue
             try:
                 handler(body, list(raw))
-            except Exception:
-                logger.exception("%s from the head failed", op.name)
+            except Exception as exc:
+                ratelog.limited(logger).failed(op, exc)
 
     def drain_cluster(self, events: dict) -> None:
         self.transfer.drain(events)

@@ -33,6 +33,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 from zray import exceptions
 from zray._private.object_store import Allocator, Arena, SpillStore
+from zray._private import protocol
 from zray._private.protocol import ObjectKind, Op
 
 logger = logging.getLogger("zray.node")
@@ -97,6 +98,9 @@ class ObjectTable:
         # Listeners, set by the agent.
         self.on_waiter_ready: Callable[[Any], None] = lambda waiter: None
         self.freed_listeners: List[Callable[[bytes, Obj], None]] = []
+        # Whether a lost object is being made again (the task table's lineage).
+        self.rebuild: Callable[[bytes, Obj], bool] = lambda oid, obj: False
+        self.pin_waits: Dict[bytes, List[tuple]] = {}   # PINs waiting for bytes to land
         self.puller: Any = None    # start(oid, obj) / abandon(oid, obj): the transfer part
 
     # ------------------------------------------------------------------ store
@@ -336,6 +340,12 @@ class ObjectTable:
             waiting, obj.waiting = obj.waiting, []
             for waiter in waiting:
                 self.on_waiter_ready(waiter)
+        if self.pin_waits and oid in self.pin_waits:
+            if is_remote(obj):
+                self.request_bytes(oid, obj)  # made again elsewhere: bring it here
+            else:
+                for ident, req in self.pin_waits.pop(oid):
+                    self.answer_pin(ident, req, oid, obj)
         if obj.refs <= 0 and not obj.waiting and not obj.fetchers and not obj.pulling:
             self.free(oid, obj)
 
@@ -397,6 +407,12 @@ class ObjectTable:
 
     def send_object(self, ident: bytes, oid: bytes, obj: Obj, pin: bool = False) -> None:
         if is_remote(obj):
+            if ident == obj.owner and not pin and obj.state is READY:
+                # Its owner hears that it is ready; the bytes stay where they were
+                # made until someone reads them (a PIN or a pinning FETCH pulls).
+                self.wire.queue_object(ident, {"object_id": oid, "kind": SHARED,
+                                               "layout": obj.layout, "size": obj.size}, None)
+                return
             obj.fetchers[ident] = pin  # served when it lands here
             self.request_bytes(oid, obj)
             return
@@ -438,11 +454,29 @@ class ObjectTable:
     def on_pin(self, ident: bytes, body: dict, raw) -> None:
         oid = body["object_id"]
         obj = self.objects.get(oid)
+        if obj is not None and ident in self.pins_by and (
+                is_remote(obj) or (obj.state is PENDING and obj.exported)):
+            # On another node (or being made again): answered when it lands here.
+            self.pin_waits.setdefault(oid, []).append((ident, body.get("req", 0)))
+            if obj.state is READY or obj.where:
+                self.request_bytes(oid, obj)
+            return
+        self.answer_pin(ident, body.get("req", 0), oid, obj)
+
+    def answer_pin(self, ident: bytes, req: int, oid: bytes, obj: Optional[Obj]) -> None:
         if obj is None or obj.state is not READY or obj.kind != SHARED or is_remote(obj) \
                 or ident not in self.pins_by:
-            raise exceptions.ObjectLostError(f"object {oid.hex()} is not in this node's store")
-        desc, _ = self.descriptor(oid, obj, ident)
-        self.wire.send(ident, Op.PIN_REPLY, {"req": body.get("req", 0), "offset": desc["offset"]})
+            why = "it is lost" if obj is not None and obj.kind == ERROR else \
+                "it is not in this node's store"
+            self.wire.send(ident, Op.ERROR, protocol.error_body(req, exceptions.ObjectLostError(
+                f"object {oid.hex()} cannot be read: {why}")))
+            return
+        try:
+            desc, _ = self.descriptor(oid, obj, ident)
+        except exceptions.ObjectStoreFullError as exc:
+            self.wire.send(ident, Op.ERROR, protocol.error_body(req, exc))
+            return
+        self.wire.send(ident, Op.PIN_REPLY, {"req": req, "offset": desc["offset"]})
 
     def on_unpin(self, ident: bytes, body: dict, raw) -> None:
         pins = self.pins_by.get(ident)
@@ -457,7 +491,10 @@ class ObjectTable:
 
     # ------------------------------------------------------------------ elsewhere
     def lose(self, oid: bytes, obj: Obj, why: str) -> None:
-        """No copy of the object can be had: it becomes an ObjectLostError."""
+        """No copy of the object can be had: it is made again from its lineage if it
+        can be (see TaskTable.rebuild), else it becomes an ObjectLostError."""
+        if self.rebuild(oid, obj):
+            return
         err = system_error(exceptions.ObjectLostError(f"object {oid.hex()} is lost: {why}"))
         obj.where = []
         if obj.state is READY:
@@ -465,6 +502,18 @@ class ObjectTable:
             self.notify(oid, obj)
         else:
             self.seal(oid, obj, ERROR, [], err, -1, ())
+
+    def unseal(self, oid: bytes, obj: Obj) -> None:
+        """A lost object will be made again: it waits for its task like a new one."""
+        obj.state = PENDING
+        obj.kind, obj.layout, obj.data, obj.offset = INLINE, [], None, -1
+        obj.where = []
+        if obj.pulling:
+            self.puller.abandon(oid, obj)
+            obj.pulling = False
+        contained, obj.contained = obj.contained, []
+        for inner in contained:
+            self.decref(inner)
 
     def land(self, oid: bytes, obj: Obj, kind: int, layout: list, data: Any,
              offset: int, size: int) -> None:

@@ -50,7 +50,7 @@ WAITING, QUEUED, RUNNING, REMOTE, FINISHED = (
 class Task:
     __slots__ = ("spec", "tid", "name", "owner", "job", "demand", "gpus", "state", "worker",
                  "retries_left", "cancelled", "held", "deps", "deps_left", "returns", "shape",
-                 "actor", "origin", "err", "reserved", "placed")
+                 "actor", "origin", "err", "reserved", "placed", "lineage")
 
     def __init__(self, spec: dict, owner: bytes) -> None:
         self.spec = spec
@@ -73,6 +73,7 @@ class Task:
         self.err = ""
         self.reserved = -1    # store space set aside for its result (see the dispatcher)
         self.placed = False   # the head chose its node: its scheduling strategy is done
+        self.lineage: List[bytes] = []   # arguments held after it finished (see remember)
 
     @property
     def is_actor_task(self) -> bool:
@@ -92,6 +93,9 @@ class TaskTable:
         self.functions: Dict[bytes, tuple] = {}   # function id -> (pickled, sys.path)
         self.errors: Dict[bytes, Deque[dict]] = collections.defaultdict(
             lambda: collections.deque(maxlen=1000))
+        # Lineage: a finished task kept (with its arguments held) while a result it
+        # left on another node lives, so that result can be made again if lost.
+        self.lineage: Dict[bytes, Task] = {}
         # Named methods of the other parts, set by the agent (see Agent.connect_parts).
         self.enqueue: Callable[[Task], None] = lambda task: None
         self.admit_actor_task: Callable[[Task, bool], Optional[str]] = lambda task, here: None
@@ -256,6 +260,51 @@ class TaskTable:
                 task.err = body.get("error", "")
                 self.record_error(task, task.err)
             seal(result, raw)
+
+    # ------------------------------------------------------------------ lineage
+    def remember(self, task: Task, remote: List[bytes]) -> None:
+        """``task`` finished and its results ``remote`` stay on another node: keep
+        what it takes to run it again (its spec and its arguments) while they live.
+        Only tasks that may be retried are kept, as in Ray."""
+        if not remote or task.retries_left <= 0 or task.is_actor_task or task.cancelled:
+            return
+        task.lineage = task.held     # finish() lets go of task.held; these stay held
+        task.held = []
+        for oid in remote:
+            self.lineage[oid] = task
+
+    def result_freed(self, oid: bytes, obj: Any) -> None:
+        """Listener: once no result of a remembered task lives, its arguments go."""
+        task = self.lineage.pop(oid, None)
+        if task is None or any(self.lineage.get(r) is task for r in task.returns):
+            return
+        held, task.lineage = task.lineage, []
+        for arg in held:
+            self.objects.decref(arg)
+
+    def rebuild(self, oid: bytes, obj: Any) -> bool:
+        """A result whose only copy was lost: run its task again, if it may be.
+        Its lost arguments are made again the same way (they wait like any)."""
+        task = self.lineage.get(oid)
+        if task is None:
+            return False
+        if task.state is not FINISHED:          # already running again
+            self.objects.unseal(oid, obj)
+            return True
+        if task.retries_left <= 0:
+            return False
+        task.retries_left -= 1
+        for result in task.returns:
+            lost = self.objects.get(result)
+            if lost is not None and (result == oid or self.lineage.get(result) is task):
+                self.objects.unseal(result, lost)
+        logger.warning("object %s was lost with its node: running %s again to make it",
+                       oid.hex()[:8], task.name)
+        task.state, task.placed, task.deps_left, task.err = WAITING, False, 0, ""
+        task.held, task.lineage = task.lineage, []
+        self.tasks[task.tid] = task
+        self.wait_for_args(task)
+        return True
 
     def on_yielded(self, ident: bytes, body: dict, raw) -> None:
         """A generator task's next items: objects its owner holds from now on
