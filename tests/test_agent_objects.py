@@ -138,7 +138,7 @@ def test_a_malformed_message_gets_an_error_reply_and_changes_nothing(agent):
     agent.handle([_frame(DRIVER), _frame(b"\x93junk")])
     agent.handle([_frame(DRIVER), _frame(protocol.encode(Op.PUT, {"objects": [[oid(), [], []]]})[0])])
     errors = sent(agent, Op.ERROR, DRIVER)
-    assert [e["error_type"] for e in errors] == ["ProtocolError", "ValueError"]
+    assert [e["error_type"] for e in errors] == ["ProtocolError", "ProtocolError"]
     assert agent.objects.stats() == before
 
 

@@ -297,7 +297,7 @@ def test_log_lines_pass_to_the_named_node(rig):
     a, b = rig.peer(b"a"), rig.peer(b"b")
     a.register({"CPU": 1.0})
     b.register({"CPU": 1.0})
-    log = {"job_id": b"j", "name": "f", "pid": 9, "stderr": False, "lines": ["hi"],
+    log = {"job_id": b"j" * 16, "name": "f", "pid": 9, "stderr": False, "lines": ["hi"],
            "to_node": a.node_id}
     b.send(Op.LOG, log)
     assert a.expect(Op.LOG) == log
@@ -325,17 +325,17 @@ def test_actor_names_are_the_clusters_and_go_with_their_node(rig):
     a, b = rig.peer(b"a"), rig.peer(b"b")
     a.register({"CPU": 1.0})
     b.register({"CPU": 1.0})
-    claim = {"what": "claim_name", "namespace": "app", "name": "counter", "actor_id": b"A",
-             "anchor": b"anchor", "meta": {"class_name": "C"}, "node_id": a.node_id}
+    claim = {"what": "claim_name", "namespace": "app", "name": "counter", "actor_id": b"A" * 16,
+             "anchor": b"anchor".ljust(20, b"."), "meta": {"class_name": "C"}, "node_id": a.node_id}
     a.send(Op.HEAD_QUERY, dict(claim, req=1))
     assert a.expect(Op.HEAD_REPLY)["existing"] is False
-    b.send(Op.HEAD_QUERY, dict(claim, req=2, actor_id=b"B", node_id=b.node_id))
+    b.send(Op.HEAD_QUERY, dict(claim, req=2, actor_id=b"B" * 16, node_id=b.node_id))
     assert "already exists" in b.expect(Op.HEAD_REPLY)["error"]
-    b.send(Op.HEAD_QUERY, dict(claim, req=3, actor_id=b"B", get_if_exists=True))
+    b.send(Op.HEAD_QUERY, dict(claim, req=3, actor_id=b"B" * 16, get_if_exists=True))
     reply = b.expect(Op.HEAD_REPLY)
-    assert reply["existing"] is True and reply["entry"]["actor_id"] == b"A"
+    assert reply["existing"] is True and reply["entry"]["actor_id"] == b"A" * 16
     b.send(Op.HEAD_QUERY, {"req": 4, "what": "actor", "namespace": "app", "name": "counter"})
-    assert b.expect(Op.HEAD_REPLY)["entry"]["anchor"] == b"anchor"
+    assert b.expect(Op.HEAD_REPLY)["entry"]["anchor"] == claim["anchor"]
     b.send(Op.HEAD_QUERY, {"req": 5, "what": "named_actors", "all_namespaces": True})
     assert b.expect(Op.HEAD_REPLY)["actors"] == [{"namespace": "app", "name": "counter"}]
     rig.head.nodes[a.node_id].last_seen -= 60

@@ -39,7 +39,7 @@ from typing import Any, Dict, List, Optional
 
 import zmq
 
-from zray._private import protocol, scheduling
+from zray._private import protocol, ratelog, scheduling, validate
 from zray._private.dashboard.source import REFRESH_SECONDS
 from zray._private.names import ActorNames
 from zray._private.head_records import Directory, NodeEntry, Placed
@@ -210,21 +210,26 @@ class Head:
 
     def handle(self, frames: List[Any]) -> None:
         ident = frames[0].bytes
+        op, body = None, {}
         try:
             op, body, raw = protocol.decode([frames[1].bytes] + frames[2:])
+            handler = self.handlers.get(op) or validate.unserved(op, "the head")
+            validate.check(op, body, raw)  # a refused message is refused whole: nothing runs
         except (protocol.ProtocolError, IndexError) as exc:
-            logger.warning("malformed message from %s: %s", ident.hex()[:8], exc)
-            self.reply(ident, Op.HEAD_REPLY, {"error": f"malformed message: {exc}"})
+            ratelog.limited(logger).refused(op, ident.hex()[:8], exc)
+            if op is Op.HEARTBEAT:  # acked whatever it says: "unknown" has it register again
+                self.reply(ident, Op.HEARTBEAT_ACK, {"unknown": True, "nodes": self.table()})
+            elif op is None or "req" in body:  # junk may be a request; else nobody waits
+                self.reply(ident, Op.HEAD_REPLY, {"req": validate.req_of(body),
+                                                  "error": f"malformed message: {exc}"})
             return
-        handler = self.handlers.get(op)
         try:
-            if handler is None:
-                raise ValueError(f"the head does not serve {op.name}")
             handler(ident, body, list(raw))
-        except Exception as exc:
-            logger.exception("handler %s failed", op.name)
-            self.reply(ident, Op.HEAD_REPLY, {"req": body.get("req", 0),
-                                              "error": f"{op.name} failed: {exc}"})
+        except Exception as exc:  # a ValueError is the asker's mistake: no traceback
+            ratelog.limited(logger).failed(op, exc, trace=not isinstance(exc, ValueError))
+            if "req" in body:
+                self.reply(ident, Op.HEAD_REPLY, {"req": validate.req_of(body),
+                                                  "error": f"{op.name} failed: {exc}"})
 
     def reply(self, ident: bytes, op: Op, body: dict, *raw: Any) -> bool:
         try:
