@@ -151,3 +151,26 @@ class _frame:
 
     def __len__(self) -> int:
         return len(self.bytes)
+
+
+def test_space_allocated_and_never_sealed_goes_back_with_its_client(agent):
+    first, second = oid(), oid()
+    for object_id in (first, first, second):  # the same object twice: the first space goes
+        agent.objects.on_alloc(OTHER, {"req": 1, "object_id": object_id, "size": 1000}, [])
+    assert 2000 <= agent.objects.used < 3000   # two spaces (sizes round up to a block)
+    agent.drop_client(OTHER)
+    assert agent.objects.used == 0
+
+
+def test_a_seal_must_name_space_its_client_allocated_for_that_object(agent):
+    object_id = oid()
+    agent.objects.on_alloc(OTHER, {"req": 1, "object_id": object_id, "size": 1000}, [])
+    offset = sent(agent, Op.ALLOC_REPLY, OTHER)[-1]["offset"]
+    for ident, at in ((OTHER, offset + 8), (DRIVER, offset)):
+        with pytest.raises(ValueError, match="allocated no such space"):
+            agent.objects.on_seal(ident, {"object_id": object_id, "offset": at, "size": 1000,
+                                          "layout": [[0, 1000]]}, [])
+    assert agent.objects.get(object_id) is None
+    agent.objects.on_seal(OTHER, {"object_id": object_id, "offset": offset, "size": 1000,
+                                  "layout": [[0, 1000]]}, [])
+    assert agent.objects.get(object_id).state.name == "READY"

@@ -358,3 +358,14 @@ def test_a_spread_task_and_a_pinned_task_land_where_their_strategy_says(rig):
     failed = a.expect(Op.TASK_FAILED)
     assert failed["task_id"] == gone["task_id"]
     assert failed["error_type"] == "TaskUnschedulableError"
+
+
+def test_a_heartbeat_for_a_node_from_another_socket_does_not_take_its_traffic(rig):
+    a, b = rig.peer(b"a"), rig.peer(b"mallory")
+    a.register({"CPU": 1.0})
+    b.send(Op.HEARTBEAT, {"node_id": a.node_id, "available": {"CPU": 1.0}, "store_used": 0,
+                          "queued": 0, "running": 0, "workers": 1, "actors": 0})
+    assert b.expect(Op.HEARTBEAT_ACK)["unknown"] is True
+    forward(a, name="still_mine")        # placed on a's node: it must reach a, not b
+    assert a.expect(Op.FORWARD)["task"]["name"] == "still_mine"
+    assert b.quiet()

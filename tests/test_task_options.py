@@ -54,6 +54,7 @@ def test_wrong_type_is_a_type_error_naming_the_option(table, key, value):
     (TASK_OPTIONS, "num_cpus", -1),
     (TASK_OPTIONS, "max_retries", -2),
     (TASK_OPTIONS, "num_returns", "lazy"),
+    (TASK_OPTIONS, "num_returns", 10_001),
     (TASK_OPTIONS, "retry_exceptions", [ValueError, "KeyError"]),
     (TASK_OPTIONS, "scheduling_strategy", "PACK"),
     (TASK_OPTIONS, "memory", -5),

@@ -269,7 +269,8 @@ class Head:
         # knows the head lives.
         node_id = body.get("node_id")
         node = self.nodes.get(node_id) if isinstance(node_id, bytes) else None
-        if node is None:
+        if node is None or ident != node.ident:  # a node's socket is named by its ID: a
+            # heartbeat for it from any other socket must not take its traffic
             self.reply(ident, Op.HEARTBEAT_ACK, {"unknown": True, "nodes": self.table(),
                                                  "seq": self.seq})
             return

@@ -70,7 +70,7 @@ def _non_empty(v: Any) -> bool:
 
 
 def _num_returns(v: Any) -> bool:
-    return v in GENERATOR_KINDS if isinstance(v, str) else v >= 0
+    return v in GENERATOR_KINDS if isinstance(v, str) else 0 <= v <= protocol.MAX_RETURNS
 
 
 GENERATOR_KINDS = ("streaming", "dynamic")
@@ -122,7 +122,7 @@ _STRATEGY = Option("scheduling_strategy", None, _is_strategy, None,
                    "'DEFAULT', 'SPREAD' or a scheduling strategy object")
 _NAME = Option("name", (str, _NONE), None, None, "a string")
 _NUM_RETURNS = Option("num_returns", (int, str), _num_returns, 1,
-                      "a non-negative int, 'streaming' or 'dynamic'")
+                      f"an int from 0 to {protocol.MAX_RETURNS:,}, 'streaming' or 'dynamic'")
 _RETRY_EXCEPTIONS = Option("retry_exceptions", (bool, list, tuple), _retry_exceptions, False,
                            "a bool or a list of exception types")
 

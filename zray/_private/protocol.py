@@ -40,6 +40,7 @@ INLINE_THRESHOLD = 100 * 1024   # objects at most this big travel inline in mess
 HEARTBEAT_INTERVAL = 0.5        # liveness, both ways between the head and each agent ...
 HEARTBEAT_LIVENESS = 6          # ... missed intervals before the peer is taken for dead
 DEFAULT_MAX_RETRIES = 3         # retries after a task's worker (or node) died, unless told
+MAX_RETURNS = 10_000            # results one task may declare (num_returns)
 CHUNK_BYTES = 8 * 1024 * 1024   # object transfer between nodes: the piece of one PULL ...
 CHUNK_WINDOW = 4                # ... and how many are in flight per object pulled
 TOPIC_NODE = b"node"            # the head's PUB topics (the frame before the header)

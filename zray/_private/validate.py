@@ -37,7 +37,7 @@ from zray._private.protocol import ObjectKind, Op, ProtocolError
 
 MAX_ITEMS = 1_000_000       # entries of one list or map
 MAX_FRAMES = 1_000_000      # frames of one message
-MAX_RETURNS = 10_000        # results of one task
+MAX_RETURNS = protocol.MAX_RETURNS
 MAX_BYTES = 1 << 48         # sizes and offsets of objects
 MAX_COUNT = 1 << 62         # counters: requests, sequence numbers, pids
 MAX_EVENTS = 100_000_000    # task events in one EVENTS batch

@@ -340,8 +340,9 @@ class Agent:
         try:
             self.actors.pump_ready()
             self.dispatcher.dispatch()
-        except Exception:
-            logger.exception("dispatch failed")  # the loop lives on
+        except Exception as exc:  # the loop lives on; one line a second, not one a pass
+            ratelog.limited(logger).warning("dispatch", f"dispatch failed: "
+                                            f"{type(exc).__name__}: {exc}", exc)
         if self.cluster is not None:
             self.cluster.flush()
 

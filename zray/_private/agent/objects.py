@@ -92,7 +92,7 @@ class ObjectTable:
         self.arena: Any = None
         self.spill: Any = None
         self.wire = wire
-        self.pending_allocs: Dict[bytes, int] = {}
+        self.pending_allocs: Dict[bytes, tuple] = {}   # object -> (offset, client), unsealed
         self.held_by: Dict[bytes, set] = {}            # client -> objects it holds a ref to
         self.pins_by: Dict[bytes, collections.Counter] = {}  # client -> its pins
         # Listeners, set by the agent.
@@ -164,8 +164,7 @@ class ObjectTable:
 
     def stats(self) -> dict:
         return {"used": self.allocator.used, "capacity": self.allocator.capacity,
-                "objects": len(self.objects),
-                "spilled": self.spill.spilled_bytes if self.spill is not None else 0}
+                "objects": len(self.objects), "spilled": getattr(self.spill, "spilled_bytes", 0)}
 
     # ------------------------------------------------------------------ refs
     def get(self, oid: bytes) -> Optional[Obj]:
@@ -186,7 +185,11 @@ class ObjectTable:
         self.pins_by[ident] = collections.Counter()
 
     def drop_client(self, ident: bytes) -> None:
-        """A client left: its pins and refs go."""
+        """A client left: its pins and refs go, and space it allocated and never sealed."""
+        for oid, (offset, owner) in list(self.pending_allocs.items()):
+            if owner == ident:
+                del self.pending_allocs[oid]
+                self.allocator.free(offset)
         for oid, count in self.pins_by.pop(ident, {}).items():
             obj = self.objects.get(oid)
             if obj is not None:
@@ -280,17 +283,25 @@ class ObjectTable:
             raise exceptions.ObjectStoreFullError(
                 f"the object store has no room for {size} bytes ({self.allocator.used} of "
                 f"{self.allocator.capacity} bytes in use by objects still referenced)")
-        self.pending_allocs[body["object_id"]] = offset
+        earlier = self.pending_allocs.get(body["object_id"])
+        if earlier is not None:  # the same object allocated again: the first space goes
+            self.allocator.free(earlier[0])
+        self.pending_allocs[body["object_id"]] = (offset, ident)
         self.wire.send(ident, Op.ALLOC_REPLY, {"req": body.get("req", 0), "offset": offset})
 
     def on_abort(self, ident: bytes, body: dict, raw) -> None:
-        offset = self.pending_allocs.pop(body["object_id"], None)
-        if offset is not None:
-            self.allocator.free(offset)
+        pending = self.pending_allocs.get(body["object_id"])
+        if pending is not None and pending[1] == ident:
+            del self.pending_allocs[body["object_id"]]
+            self.allocator.free(pending[0])
 
     def on_seal(self, ident: bytes, body: dict, raw) -> None:
         oid = body["object_id"]
-        self.pending_allocs.pop(oid, None)
+        pending = self.pending_allocs.get(oid)
+        if pending is None or pending[0] != int(body["offset"]) or pending[1] != ident:
+            raise ValueError(f"SEAL of object {oid.hex()[:16]} at offset {body['offset']}: "
+                             f"this client allocated no such space for it")
+        del self.pending_allocs[oid]
         obj = self.ensure(oid)
         self.hold(ident, oid, obj)
         self.seal(oid, obj, SHARED, body["layout"], None, int(body["offset"]),
@@ -464,16 +475,14 @@ class ObjectTable:
         self.answer_pin(ident, body.get("req", 0), oid, obj)
 
     def answer_pin(self, ident: bytes, req: int, oid: bytes, obj: Optional[Obj]) -> None:
-        if obj is None or obj.state is not READY or obj.kind != SHARED or is_remote(obj) \
-                or ident not in self.pins_by:
-            why = "it is lost" if obj is not None and obj.kind == ERROR else \
-                "it is not in this node's store"
-            self.wire.send(ident, Op.ERROR, protocol.error_body(req, exceptions.ObjectLostError(
-                f"object {oid.hex()} cannot be read: {why}")))
-            return
         try:
+            if obj is None or obj.state is not READY or obj.kind != SHARED or is_remote(obj) \
+                    or ident not in self.pins_by:
+                raise exceptions.ObjectLostError(f"object {oid.hex()} cannot be read: " + (
+                    "it is lost" if obj is not None and obj.kind == ERROR else
+                    "it is not in this node's store"))
             desc, _ = self.descriptor(oid, obj, ident)
-        except exceptions.ObjectStoreFullError as exc:
+        except (exceptions.ObjectLostError, exceptions.ObjectStoreFullError) as exc:
             self.wire.send(ident, Op.ERROR, protocol.error_body(req, exc))
             return
         self.wire.send(ident, Op.PIN_REPLY, {"req": req, "offset": desc["offset"]})
@@ -505,9 +514,8 @@ class ObjectTable:
 
     def unseal(self, oid: bytes, obj: Obj) -> None:
         """A lost object will be made again: it waits for its task like a new one."""
-        obj.state = PENDING
-        obj.kind, obj.layout, obj.data, obj.offset = INLINE, [], None, -1
-        obj.where = []
+        obj.state, obj.kind, obj.layout, obj.data, obj.offset, obj.where = \
+            PENDING, INLINE, [], None, -1, []
         if obj.pulling:
             self.puller.abandon(oid, obj)
             obj.pulling = False

@@ -340,7 +340,12 @@ class Transport:
                 logger.warning("zray: ignoring a malformed %s from the agent: %r",
                                op.name, exc)
         elif op in _REPLIES:
-            self._replies[body.get("req", 0)] = (op, body, raw)
+            req = body.get("req", 0)
+            if req == 0 and op == Op.ERROR:  # an answer to a message that was no request
+                logger.warning("zray: the node agent refused a message: %s",
+                               body.get("message", body))
+                return
+            self._replies[req] = (op, body, raw)
         elif op == Op.WELCOME:
             self.welcome = body
             self.agent_pid = self.agent_pid or body.get("pid")
