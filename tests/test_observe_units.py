@@ -567,3 +567,20 @@ def test_the_heads_store_drops_the_oldest_batches_past_its_limit():
         data, count = buffer.drain()
         state.add_events({"node_id": b"n" * 16, "count": count}, [data])
     assert state.pending_count == 6 and state.stats()["dropped_events"] == 6
+
+
+def test_an_end_carries_its_start_when_no_running_event_went_out():
+    from zray._private.head_state import ClusterState
+    from zray._private.observe.events import PackedEventBuffer
+
+    buffer = PackedEventBuffer()
+    task = b"t" * 16
+    buffer.record((task, 0, 1.0, "f", b"j" * 16, 0, None, None, None, 1))
+    buffer.record((task, 4, 3.0, "ValueError: no", 2.0, b"w" * 16, 7))
+    state = ClusterState(lambda: [], limit=10)
+    data, count = buffer.drain()
+    state.add_events({"node_id": b"n" * 16, "count": count}, [data])
+    (record,) = state.rows("tasks", {"detail": True})
+    assert record["state"] == "FAILED" and record["error"] == "ValueError: no"
+    assert record["started_at"] == 2.0 and record["worker_pid"] == 7
+    assert record["node_id"] == (b"n" * 16).hex()

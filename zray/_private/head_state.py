@@ -47,10 +47,14 @@ def records_limit() -> int:
         return 100_000
 
 
-def expand(node_id: bytes, event: list) -> tuple:
-    """An agent's packed event (see agent.recorder) as ``observe.events`` reads it."""
+def expand(node_id: bytes, event: list) -> List[tuple]:
+    """An agent's packed event (see agent.recorder) as ``observe.events`` reads it:
+    an end that carries its start ``(..., started, worker, pid)`` is two events."""
     task_id, code, when = bytes(event[0]), event[1], float(event[2])
     state = TASK_STATES[code]
+    if code in (3, 4) and len(event) == 7:
+        started = expand(node_id, [task_id, 2, event[4], event[5], event[6]])
+        return started + expand(node_id, event[:4])
     if code == 0:
         name, job, kind, parent, actor, args, returns = event[3:10]
         info = {"name": str(name), "job_id": bytes(job), "type": TASK_TYPES[kind],
@@ -64,7 +68,7 @@ def expand(node_id: bytes, event: list) -> tuple:
         info = {"error": str(event[3])}
     else:
         info = {"node_id": node_id}
-    return task_id, state, when, info
+    return [(task_id, state, when, info)]
 
 
 class Collect:
@@ -106,16 +110,16 @@ class ClusterState:
             except Exception:  # a batch that does not unpack: counted, not raised
                 self.tasks.ignored_events += count
                 continue
-            expanded = []
+            expanded: List[tuple] = []
             for event in events:
                 try:
-                    one = expand(node_id, event)
+                    ones = expand(node_id, event)
                 except (TypeError, ValueError, IndexError, KeyError):
                     self.tasks.ignored_events += 1
                     continue
-                expanded.append(one)
-                if one[1] == SUBMITTED:
-                    self.saw_job(one[3]["job_id"].hex(), one[2])
+                expanded += ones
+                if ones[0][1] == SUBMITTED:
+                    self.saw_job(ones[0][3]["job_id"].hex(), ones[0][2])
             self.tasks.add_events(expanded)
 
     # ------------------------------------------------------------------ input

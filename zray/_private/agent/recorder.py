@@ -54,6 +54,8 @@ class Recorder:
         self.next_flush = 0.0
         self.sent_dropped = 0
         self.output: Any = None     # the node's file of what tasks printed
+        self.started: Dict[bytes, tuple] = {}   # running task -> (time, worker, pid)
+        self.told_running: set = set()          # ... of which the head has heard
         # Set by the agent: the node's workers, actors and drivers, as plain rows.
         self.snapshot_parts: Callable[[], Dict[str, Any]] = lambda: {}
         self.ask_head: Callable[[dict, Callable[[Optional[dict]], None]], None] = \
@@ -75,15 +77,18 @@ class Recorder:
                      tuple((oid, self.size_of(oid)) for oid in deps) if deps else None,
                      len(task.returns)))
 
+    # A start is not an event of its own: it rides with the task's end, and only
+    # tasks still running when a batch goes out get a RUNNING event (see send).
     def running(self, task: Any, worker: Any) -> None:
-        self.record((task.tid, 2, time.time(), worker.wid, worker.pid))
+        self.started[task.tid] = (time.time(), worker.wid, worker.pid)
 
     def finished(self, task: Any) -> None:
+        start = self.started.pop(task.tid, ())
         if task.err:
-            self.record((task.tid, 4, time.time(), task.err))
+            self.record((task.tid, 4, time.time(), task.err, *start))
         else:
             self.record((task.tid, 3, time.time(),
-                         tuple(self.size_of(oid) for oid in task.returns)))
+                         tuple(self.size_of(oid) for oid in task.returns), *start))
 
     def size_of(self, oid: bytes) -> Optional[int]:
         obj = self.objects.get(oid)
@@ -118,10 +123,18 @@ class Recorder:
             self.next_flush = now + FLUSH_INTERVAL
             if self.output is not None:
                 self.output.flush()
-            if len(self.buffer) or self.buffer.dropped != self.sent_dropped:
+            if len(self.buffer) or self.buffer.dropped != self.sent_dropped or \
+                    len(self.started) > len(self.told_running):
                 self.send()
 
     def send(self, collect: int = 0) -> None:
+        record, told = self.record, self.told_running
+        for tid, (when, wid, pid) in self.started.items():
+            if tid not in told:
+                told.add(tid)
+                record((tid, 2, when, wid, pid))
+        if len(told) > len(self.started):
+            told.intersection_update(self.started)   # those that ended since
         events, count = self.buffer.drain()
         body: Dict[str, Any] = {"node_id": self.node_id, "count": count,
                                 "dropped": self.buffer.dropped - self.sent_dropped}
