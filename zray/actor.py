@@ -263,6 +263,7 @@ class ActorClass:
             max_concurrency=options.get("max_concurrency") or (1000 if self._async else 1),
             is_async=self._async, class_name=self._name, actor_name=name,
             namespace=client.spec_namespace(), name_namespace=namespace,
+            name_meta=self._meta(options) if name else None,
             detached=options.get("lifetime") == "detached",
             scheduling_strategy=strategy_wire(options.get("scheduling_strategy")),
             **run_settings(options))

@@ -130,9 +130,13 @@ def _block_until_signal(record: dict) -> None:
               show_default=True, help="The dashboard's port (0: any free port).")
 @click.option("--include-dashboard/--no-dashboard", default=True, show_default=True,
               help="Serve the web dashboard from the head.")
+@click.option("--restore", is_flag=True,
+              help="Start again the head of the cluster whose head node runs on this "
+                   "machine, after its process died: same address, same token; the nodes "
+                   "register again with what they have.")
 @_node_options
-def head(port, host, dashboard_host, dashboard_port, include_dashboard, num_cpus, num_gpus,
-         resources, object_store_memory, block) -> None:
+def head(port, host, dashboard_host, dashboard_port, include_dashboard, restore, num_cpus,
+         num_gpus, resources, object_store_memory, block) -> None:
     """Start a cluster: the head and this machine's node agent.
 
     Prints the address and the token, and the exact commands that join
@@ -141,6 +145,16 @@ def head(port, host, dashboard_host, dashboard_port, include_dashboard, num_cpus
     """
     from zray._private import services
 
+    if restore:
+        from zray._private.restore import restore_head
+
+        try:
+            record = restore_head()
+        except services.ClusterError as exc:
+            raise click.ClickException(str(exc))
+        click.echo(f"zray head restored at {record['address']} (session "
+                   f"{record['session_dir']}); the nodes register again as they hear it")
+        return
     settings = _node_settings(num_cpus, num_gpus, resources, object_store_memory)
     try:
         dashboard = f"{dashboard_host}:{dashboard_port}" if include_dashboard else ""

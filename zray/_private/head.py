@@ -40,16 +40,15 @@ from typing import Any, Dict, List, Optional
 import zmq
 
 from zray._private import protocol, ratelog, scheduling, validate
-from zray._private.dashboard.source import REFRESH_SECONDS
 from zray._private.names import ActorNames
 from zray._private.head_records import Directory, NodeEntry, Placed
-from zray._private.head_state import ClusterState
+from zray._private.head_state import ClusterState, StateVerbs
 from zray._private.protocol import ObjectKind, Op
 
 logger = logging.getLogger("zray.head")
 
 
-class Head:
+class Head(StateVerbs):
     """The head's state and its one ROUTER loop.
 
     Building one opens nothing; :meth:`bind` opens the sockets and
@@ -141,30 +140,6 @@ class Head:
                 os.unlink(path)
             except OSError:
                 pass
-
-    def start_dashboard(self, where: str, session_dir: str) -> None:
-        """Serve the dashboard at ``HOST:PORT``; tell the starter its URL (or why not)."""
-        from zray._private.dashboard.server import Dashboard
-        from zray._private.dashboard.source import HeadSource
-
-        host, _, port = where.rpartition(":")
-        source = HeadSource(self.state, session_dir)
-        try:
-            self.dashboard = Dashboard(source, host=host, port=int(port),
-                                       token=self.token).start()
-        except (OSError, ValueError) as exc:
-            logger.warning("no dashboard at %s: %s", where, exc)
-            self.tell_starter(f"dashboard-failed {exc}")
-            return
-        logger.info("dashboard at %s", self.dashboard.url)
-        self.tell_starter(f"dashboard {self.dashboard.url}")
-
-    def refresh_for_dashboard(self, now: float) -> None:
-        """While someone looks at the dashboard, collect the nodes' state every second."""
-        source = self.dashboard.source
-        if source.active(now) and now >= self.next_refresh:
-            self.next_refresh = now + REFRESH_SECONDS
-            self.collect_state(None, {})
 
     def stop(self) -> None:
         """Leave the loop at its next turn (the signal handler)."""
@@ -258,11 +233,23 @@ class Head:
         self.nodes[node_id] = NodeEntry(node_id, ident, body)
         logger.info("node %s joined from %s with %s", node_id.hex()[:8], body.get("ip"),
                     body.get("resources"))
+        self.learn_back(node_id, body)
         self.publish(protocol.TOPIC_NODE, Op.PUB_NODE, {"event": "joined", "node_id": node_id})
         self.reply(ident, Op.REGISTERED, {"nodes": self.table(), "seq": self.seq,
                                           "pub_address": self.pub_address})
         self.tell_starter(f"joined {node_id.hex()}")
         self.place_unplaced()
+
+    def learn_back(self, node_id: bytes, body: protocol.NodeInfo) -> None:
+        """A node registering with a restarted head says what it has: its actors (and
+        their names) and the objects others know of whose bytes it holds."""
+        for aid, name, namespace, anchor, meta in body.get("actors", ()):
+            self.actors[aid] = node_id
+            if name:
+                entry = {"actor_id": aid, "anchor": anchor, "meta": meta, "node_id": node_id}
+                self.names.claim(namespace, name, entry, get_if_exists=True)
+        for oid in body.get("holds", ()):
+            self.directory.add(oid, node_id)
 
     def on_heartbeat(self, ident: bytes, body: protocol.Heartbeat, raw) -> None:
         # Every heartbeat is acked, whatever it says: the ack is how the agent
@@ -316,6 +303,7 @@ class Head:
                 self.fail(placed, "NodeDiedError",
                           f"task {placed.name} was running when its {why}, and it had no "
                           f"retries left")
+        self.place_unplaced()  # those that could not reach it go elsewhere now
 
     # ------------------------------------------------------------------ placement
     def on_forward(self, ident: bytes, body: protocol.Forward, raw) -> None:
@@ -431,26 +419,6 @@ class Head:
         for tid in [t for t, p in self.placed.items() if p.task.get("job_id") == job]:
             del self.placed[tid]
         self.unplaced = [p for p in self.unplaced if p.task.get("job_id") != job]
-
-    def on_events(self, ident: bytes, body: protocol.Events, raw) -> None:
-        done = self.state.add_events(body, raw)
-        if done is not None:
-            self.answer_state(done)
-
-    def collect_state(self, ident: Optional[bytes], body: dict) -> None:
-        """A state query: every alive node sends its events and state first."""
-        alive = {n.node_id for n in self.nodes.values() if n.alive}
-        number = self.state.start_collect(ident, body, alive, time.monotonic())
-        for node_id in alive:
-            self.to_node(node_id, Op.COLLECT, {"collect": number})
-        if not alive:
-            self.answer_state(self.state.take_collect(number))
-
-    def answer_state(self, collect: Any) -> None:
-        if collect is not None and collect.ident is not None:
-            reply = self.state.answer(collect.body)
-            reply["req"] = collect.body.get("req", 0)
-            self.reply(collect.ident, Op.HEAD_REPLY, reply)
 
     def on_head_query(self, ident: bytes, body: protocol.HeadQuery, raw) -> None:
         what = body.get("what", "nodes")

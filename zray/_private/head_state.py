@@ -20,16 +20,21 @@ Must not: send anything (the head does), or unpickle anything.
 from __future__ import annotations
 
 import collections
+import logging
 import os
 import threading
 import time
 from typing import Any, Callable, Deque, Dict, List, Optional, Set
 
-from zray._private.observe import tables
+from zray._private.dashboard.source import REFRESH_SECONDS
 from zray._private.ids import object_id
+from zray._private.observe import tables
 from zray._private.observe.events import (
     SUBMITTED, TASK_STATES, TASK_TYPES, TaskStore, unpack_events,
 )
+from zray._private.protocol import Op
+
+logger = logging.getLogger("zray.head")
 
 COLLECT_WAIT = 2.0     # seconds a query waits for slow nodes before it answers
 KINDS = ("tasks", "actors", "objects", "nodes", "workers", "jobs")
@@ -282,3 +287,64 @@ class ClusterState:
             stats["dropped_events"] += self.dropped
             stats["nodes_reporting"] = len(self.node_states)
             return stats
+
+
+class StateVerbs:
+    """The head's verbs for the state API and the dashboard (a part of ``head.Head``:
+    it uses the head's ``state``, ``nodes``, ``to_node``, ``reply``, ``token`` and
+    ``tell_starter``)."""
+
+    state: ClusterState
+    nodes: Dict[bytes, Any]
+    token: Optional[str]
+    dashboard: Any
+    next_refresh: float
+    to_node: Callable[..., bool]
+    reply: Callable[..., bool]
+    tell_starter: Callable[[str], None]
+
+    def on_events(self, ident: bytes, body: dict, raw) -> None:
+        done = self.state.add_events(body, raw)
+        if done is not None:
+            self.answer_state(done)
+
+    def collect_state(self, ident: Optional[bytes], body: dict) -> None:
+        """A state query: every alive node sends its events and state first."""
+        alive = {n.node_id for n in self.nodes.values() if n.alive}
+        number = self.state.start_collect(ident, body, alive, time.monotonic())
+        for node_id in alive:
+            self.to_node(node_id, Op.COLLECT, {"collect": number})
+        if not alive:
+            self.answer_state(self.state.take_collect(number))
+
+    def answer_state(self, collect: Any) -> None:
+        if collect is not None and collect.ident is not None:
+            reply = self.state.answer(collect.body)
+            reply["req"] = collect.body.get("req", 0)
+            self.reply(collect.ident, Op.HEAD_REPLY, reply)
+
+    def start_dashboard(self, where: str, session_dir: str) -> None:
+        """Serve the dashboard at ``HOST:PORT``; tell the starter its URL (or why not)."""
+        from zray._private.dashboard.server import Dashboard
+        from zray._private.dashboard.source import HeadSource
+
+        host, _, port = where.rpartition(":")
+        source = HeadSource(self.state, session_dir)
+        try:
+            self.dashboard = Dashboard(source, host=host, port=int(port),
+                                       token=self.token).start()
+        except (OSError, ValueError) as exc:
+            logger.warning("no dashboard at %s: %s", where, exc)
+            self.tell_starter(f"dashboard-failed {exc}")
+            return
+        logger.info("dashboard at %s", self.dashboard.url)
+        self.tell_starter(f"dashboard {self.dashboard.url}")
+
+    def refresh_for_dashboard(self, now: float) -> None:
+        """While someone looks at the dashboard, collect the nodes' state every second."""
+        source = self.dashboard.source
+        if source.active(now) and now >= self.next_refresh:
+            self.next_refresh = now + REFRESH_SECONDS
+            self.collect_state(None, {})
+
+

@@ -170,6 +170,7 @@ class TaskSpec(TypedDict, total=False):
     actor_name: str
     namespace: str              # the job's namespace when init named one
     name_namespace: str         # a named actor's name's namespace (the namespace option)
+    name_meta: dict             # ... and what a handle found by that name needs
     detached: bool
     retry_exceptions: Any       # True, or pickled exception types: retried when raised
     scheduling_strategy: list   # ["SPREAD"] or ["NODE", node_id, soft]; absent: default
@@ -378,7 +379,13 @@ class Interrupt(TypedDict):
 
 
 # -- node agent <-> head
-class NodeInfo(TypedDict):
+class NodeHas(TypedDict, total=False):
+    """What a restarted head learns back from each node (empty when a node first joins)."""
+    actors: List[list]       # [actor_id, name, namespace, anchor, meta] of its live actors
+    holds: List[bytes]       # objects other nodes know of whose bytes are here
+
+
+class NodeInfo(NodeHas):
     """REGISTER."""
     node_id: bytes
     ip: str

@@ -376,7 +376,10 @@ def find_record(address: Optional[str]) -> dict:
 
 
 def _record_alive(record: dict) -> bool:
-    return all(_is_ours(p) for p in record.get("procs", []))
+    """Whether the node's agent (its last process) runs: it serves drivers even
+    while its cluster's head is down."""
+    procs = record.get("procs", [])
+    return bool(procs) and _is_ours(procs[-1])
 
 
 def _is_ours(proc: dict) -> bool:
@@ -490,10 +493,10 @@ class ClusterNode:
                 raise ClusterError(f"a zray process exited at start (code {proc.returncode})"
                                    f":\n{tail}")
 
-    def write_record(self, address: str, token: str) -> dict:
+    def write_record(self, address: str, token: str, **extra: Any) -> dict:
         import psutil
 
-        record = {"kind": self.kind, "address": address, "token": token,
+        record = {**extra, "kind": self.kind, "address": address, "token": token,
                   "node_id": self.node_id.hex(), "agent_address": self.agent_address,
                   "resources": self.resources, "started": time.time(),
                   "procs": [{"pid": p.pid, "created": psutil.Process(p.pid).create_time()}
@@ -545,7 +548,7 @@ def start_head(*, host: str, port: int, num_cpus: float, gpu_ids: List[int], num
         told = node.wait_told(ready_r, f"joined {node.node_id.hex()}", timeout=20.0)
     finally:
         os.close(ready_r)
-    record = node.write_record(address, token)
+    record = node.write_record(address, token, bind=host, dashboard=dashboard)
     if dashboard:
         url, error = dashboard_url_from(told)
         record["dashboard_url" if url else "dashboard_error"] = url or error

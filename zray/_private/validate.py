@@ -52,6 +52,7 @@ ID_SIZES: Dict[str, frozenset] = {
     "to_node": _ID, "job_id": _ID_OR_EMPTY, "function_id": _ID_OR_EMPTY,
     "object_id": _OBJECT, "object_ids": _OBJECT, "anchor": _OBJECT, "args_object": _OBJECT,
     "deps": _OBJECT, "contained": _OBJECT, "sealed": _OBJECT, "freed": _OBJECT,
+    "holds": _OBJECT,
 }
 #: Maps keyed by object IDs, and the size of the node IDs listed in their values.
 KEY_SIZES: Dict[str, frozenset] = {"inline": _OBJECT, "locations": _OBJECT,

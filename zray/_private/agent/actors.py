@@ -239,6 +239,11 @@ class ActorTable:
         elif actor.killed:
             self.dead(actor)
 
+    def registry(self) -> list:
+        """This node's live actors as a restarted head learns them (REGISTER)."""
+        return [[a.aid, a.name or "", a.namespace, a.anchor, a.spec.get("name_meta") or {}]
+                for a in self.actors.values() if a.state is not ActorState.DEAD]
+
     def end_job(self, job: bytes, why: str) -> None:
         """A job's driver is gone: its actors go too, unless detached."""
         for actor in list(self.actors.values()):

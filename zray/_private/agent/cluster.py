@@ -55,6 +55,7 @@ class HeadLink:
         self.on_registered: Callable[[dict], None] = lambda body: None
         self.on_node_died: Callable[[bytes], None] = lambda node_id: None
         self.on_other_reply: Callable[[dict, Any], None] = lambda body, raw: None
+        self.on_silent: Callable[[], None] = lambda: None
 
     def start(self, now: float) -> None:
         self.last_heard = now
@@ -78,6 +79,7 @@ class HeadLink:
             pending, self.pending = self.pending, {}
             for on_reply in pending.values():
                 on_reply(None)  # nobody waits on a silent head
+            self.on_silent()
 
     def request(self, body: dict, on_reply: Callable[[Optional[dict]], None]) -> None:
         """Ask the head (HEAD_QUERY); ``on_reply`` gets its HEAD_REPLY, or None if
@@ -163,10 +165,27 @@ class ClusterLink:
         self.subscribe: Callable[[str], None] = lambda address: None  # set by the agent
 
     # ------------------------------------------------------------------ head link
+    pub_address = ""    # the head's PUB this node listens to
+    registrations = 0
+
     def registered(self, body: dict) -> None:
+        self.registrations += 1
+        if self.registrations > 1:
+            # The head restarted: what it had placed for us it has forgotten, and what
+            # we sent it while it was down may be gone. Hand our remote tasks over again
+            # (a node that has one already drops the copy; one that finished may run it
+            # again, as a retry would).
+            remote = self.tasks.remote_tasks()
+            for task in remote:
+                self.forward(task)
+            if remote:
+                logger.info("the head is back: %d remote task(s) handed over again",
+                            len(remote))
         self.pub_seq = body.get("seq", 0)
-        if self.sub is None and body.get("pub_address"):
-            self.subscribe(body["pub_address"])
+        address = body.get("pub_address")
+        if address and address != self.pub_address:
+            self.pub_address = address
+            self.subscribe(address)
 
     def flush(self) -> None:
         """End of a loop pass: announce the exported objects freed here."""
@@ -229,8 +248,19 @@ class ClusterLink:
         task.state = REMOTE
         self.wire.send_head(Op.FORWARD, body, *frames)
 
+    def head_silent(self) -> None:
+        """The head stopped answering: tasks this node handed on only because it was
+        busy come back to run here (the head may be gone with them)."""
+        for task in self.tasks.remote_tasks():
+            if not task.is_actor_task and not task.spec.get("scheduling_strategy") \
+                    and not self.tasks.missing(task):
+                self.came_back(task)
+
     def offload(self, task: Task, queued: int) -> bool:
         """A saturated node hands the head of a queue to a node that is idle now."""
+        quiet = time.monotonic() - self.head.last_heard
+        if self.head.silent or quiet > 2 * HEARTBEAT_INTERVAL:
+            return False  # the head may be gone: keep it here
         if task.placed or task.spec.get("scheduling_strategy"):
             return False  # the head (or its strategy) put it here: it waits here
         me = self.node_id.hex()

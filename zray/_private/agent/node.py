@@ -46,6 +46,7 @@ from zray._private import protocol, ratelog, security, validate
 from zray._private.agent.actors import ActorTable
 from zray._private.agent.cluster import ClusterLink, HeadLink, cluster_resources
 from zray._private.agent.dispatch import Dispatcher
+from zray._private.agent.jobs import Jobs
 from zray._private.agent.objects import ObjectTable
 from zray._private.agent.recorder import Recorder, events_limit, parent_of, state_rows
 from zray._private.agent.resources import NodeResources
@@ -123,6 +124,8 @@ class Agent:
                                  self.wire, node_id)
         self.head = HeadLink(self.wire, self.node_info, self.load_info)
         self.recorder = Recorder(node_id, self.wire, self.objects, events_limit())
+        self.jobs = Jobs(self.tasks, self.actors, self.wire, self.clients, self.drop_client,
+                         clustered=self.keys is not None)
         self.transfer: Optional[Transfer] = None
         self.cluster: Optional[ClusterLink] = None
         if self.keys is not None:
@@ -181,6 +184,7 @@ class Agent:
             self.head.on_registered = cluster.registered
             self.head.on_node_died = cluster.node_gone
             self.head.on_other_reply = cluster.on_head_reply
+            self.head.on_silent = cluster.head_silent
             cluster.subscribe = self.subscribe
 
     def client_handlers(self) -> dict:
@@ -202,7 +206,7 @@ class Agent:
                     Op.HEARTBEAT_ACK: self.head.on_heartbeat_ack,
                     Op.HEAD_REPLY: self.head.on_head_reply,
                     Op.COLLECT: self.recorder.on_collect,
-                    Op.JOB_ENDED: self.job_ended,
+                    Op.JOB_ENDED: self.jobs.ended,
                     Op.LOG: lambda body, raw: self.on_log(b"", body, raw)}
         cluster = self.cluster
         if cluster is not None:
@@ -259,6 +263,10 @@ class Agent:
         self.poller.register(fd, zmq.POLLIN)
 
     def subscribe(self, pub_address: str) -> None:
+        old = self.cluster.sub
+        if old is not None:  # a restarted head publishes on a new port
+            self.poller.unregister(old)
+            old.close(0)
         sub = self.ctx.socket(zmq.SUB)
         sub.setsockopt(zmq.LINGER, 0)
         sub.setsockopt(zmq.RCVHWM, 0)
@@ -332,7 +340,7 @@ class Agent:
                         break
                 if now >= next_drivers:
                     next_drivers = now + DRIVER_CHECK_INTERVAL
-                    self.check_drivers()
+                    self.jobs.check_drivers()
         finally:
             self.cleanup()
 
@@ -413,32 +421,9 @@ class Agent:
     def on_bye(self, ident: bytes, body: dict, raw) -> None:
         client = self.clients.get(ident)
         if client is not None and client.kind == "driver":
-            self.end_job(client, "its driver disconnected")
+            self.jobs.end(client, "its driver disconnected")
         else:
             self.drop_client(ident)
-
-    def check_drivers(self) -> None:
-        for client in [c for c in self.clients.values() if c.kind == "driver"]:
-            if client.gone():
-                logger.warning("driver pid %d (job %s) exited without disconnecting: ending "
-                               "its job", client.pid, client.job.hex()[:8])
-                self.end_job(client, f"its driver (pid {client.pid}) died")
-
-    def end_job(self, client: "ClientRec", why: str) -> None:
-        """A driver is gone: its refs go, and its job's tasks and actors, on every node."""
-        self.drop_client(client.ident)
-        self.job_ended({"job_id": client.job, "reason": why})
-        if self.cluster is not None:
-            self.wire.send_head(Op.JOB_ENDED, {"job_id": client.job, "reason": why})
-
-    def job_ended(self, body: dict, raw: Any = ()) -> None:
-        """End a job's work here (its driver's node says so, through the head)."""
-        job, why = body["job_id"], body.get("reason") or "its driver is gone"
-        ended = self.tasks.end_job(job, why)
-        self.actors.end_job(job, why)
-        if ended:
-            logger.info("job %s ended (%s): %d task(s) dropped or cancelled", job.hex()[:8],
-                        why, ended)
 
     def drop_client(self, ident: bytes) -> None:
         client = self.clients.pop(ident, None)
@@ -494,11 +479,14 @@ class Agent:
 
     # ------------------------------------------------------------------ queries
     def node_info(self) -> dict:
+        """REGISTER: what this node is, and (for a head that restarted) what it has."""
         return {"node_id": self.node_id, "ip": self.node_ip, "address": self.address,
                 "resources": self.resources.declared,
                 "store_capacity": self.objects.capacity, "pid": os.getpid(),
                 "transfer_address": self.transfer.address if self.transfer else "",
-                "hostname": socket.gethostname()}
+                "hostname": socket.gethostname(), "actors": self.actors.registry(),
+                "holds": [oid for oid, obj in self.objects.all()
+                          if obj.exported and obj.state.name == "READY" and not obj.where]}
 
     def load_info(self) -> dict:
         return {"node_id": self.node_id, "available": self.resources.as_amounts(),

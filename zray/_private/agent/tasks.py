@@ -149,6 +149,10 @@ class TaskTable:
         else:
             self.wait_for_args(task)
 
+    def remote_tasks(self) -> List[Task]:
+        """Tasks of this node running (or placed) elsewhere, oldest first."""
+        return [t for t in self.tasks.values() if t.state is REMOTE]
+
     def adopt(self, task: Task) -> None:
         """A task made here rather than submitted (a forwarded one, an actor restart)."""
         self.tasks[task.tid] = task
