@@ -4,11 +4,16 @@ environment, read its nodes' records, ask its status."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
+import time
+from typing import List
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -51,3 +56,34 @@ class Cluster:
 
     def status(self) -> dict:
         return json.loads(self.zray("status", "--json").stdout)
+
+
+@contextlib.contextmanager
+def running(prefix: str, head: List[str], workers: List[List[str]], cpus: float):
+    """A cluster from `zray head HEAD...` and one `zray worker WORKER...` per entry, with
+    this process connected as its driver once the head counts ``cpus`` CPUs; stopped
+    (and its files removed) at exit."""
+    import zray
+
+    tmpdir = tempfile.mkdtemp(prefix=prefix, dir="/tmp")  # short: it holds socket paths
+    c = Cluster(tmpdir)
+    old = os.environ.get("ZRAY_TMPDIR")
+    os.environ["ZRAY_TMPDIR"] = tmpdir  # this driver finds the nodes' records here
+    try:
+        c.head_output = c.zray("head", "--port", str(c.port), *head).stdout
+        c.token = c.head_output.split("token: ")[1].split()[0]
+        for args in workers:
+            c.zray("worker", "--address", c.address, "--token", c.token, *args)
+        zray.init(address=c.address)
+        deadline = time.monotonic() + 10
+        while zray.cluster_resources().get("CPU") != cpus and time.monotonic() < deadline:
+            time.sleep(0.05)  # the driver's node hears of the last join from the head
+        yield c
+    finally:
+        zray.shutdown()
+        c.zray("stop", check=False)
+        shutil.rmtree(tmpdir, ignore_errors=True)
+        if old is None:
+            os.environ.pop("ZRAY_TMPDIR", None)
+        else:
+            os.environ["ZRAY_TMPDIR"] = old

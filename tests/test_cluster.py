@@ -23,7 +23,7 @@ import pytest
 import zmq
 
 import zray
-from clusters import ROOT, Cluster, free_port
+from clusters import ROOT, free_port, running
 from zray import exceptions
 from zray._private import protocol
 from zray._private.protocol import Op
@@ -33,35 +33,15 @@ pytestmark = pytest.mark.timeout(120)
 
 @pytest.fixture(scope="module")
 def cluster():
-    tmpdir = tempfile.mkdtemp(prefix="zc", dir="/tmp")  # short: it holds socket paths
-    c = Cluster(tmpdir)
-    old = os.environ.get("ZRAY_TMPDIR")
-    os.environ["ZRAY_TMPDIR"] = tmpdir  # this driver finds the nodes' records here
-    try:
-        out = c.zray("head", "--port", str(c.port), "--num-cpus", "1", "--dashboard-port", "0",
-                     "--resources", '{"alpha": 1}', "--object-store-memory", str(512 << 20)).stdout
-        c.head_output = out
-        c.token = out.split("token: ")[1].split()[0]
-        for name in ("beta", "gamma"):
-            c.zray("worker", "--address", c.address, "--token", c.token, "--num-cpus", "1",
-                   "--resources", json.dumps({name: 1, "shared": 1}),
-                   "--object-store-memory", str(512 << 20))
-        zray.init(address=c.address)
-        deadline = time.monotonic() + 10
-        while zray.cluster_resources().get("CPU") != 3 and time.monotonic() < deadline:
-            time.sleep(0.05)  # the driver's node hears of the last join from the head
+    workers = [["--num-cpus", "1", "--resources", json.dumps({name: 1, "shared": 1}),
+                "--object-store-memory", str(512 << 20)] for name in ("beta", "gamma")]
+    with running("zc", ["--num-cpus", "1", "--dashboard-port", "0", "--resources",
+                        '{"alpha": 1}', "--object-store-memory", str(512 << 20)],
+                 workers, cpus=3) as c:
         c.nodes = {r["kind"] if r["kind"] == "head" else next(
             k for k in r["resources"] if k in ("beta", "gamma")): r["node_id"]
             for r in c.records()}
         yield c
-    finally:
-        zray.shutdown()
-        c.zray("stop", check=False)
-        shutil.rmtree(tmpdir, ignore_errors=True)
-        if old is None:
-            os.environ.pop("ZRAY_TMPDIR", None)
-        else:
-            os.environ["ZRAY_TMPDIR"] = old
 
 
 @zray.remote

@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 
 import pytest
-from clusters import ROOT, Cluster
+from clusters import ROOT, running
 
 import zray
 from zray import exceptions
@@ -28,29 +26,11 @@ pytestmark = pytest.mark.timeout(150)
 
 @pytest.fixture(scope="module")
 def cluster():
-    tmpdir = tempfile.mkdtemp(prefix="zf", dir="/tmp")  # short: it holds socket paths
-    c = Cluster(tmpdir)
-    old = os.environ.get("ZRAY_TMPDIR")
-    os.environ["ZRAY_TMPDIR"] = tmpdir
-    try:
-        out = c.zray("head", "--port", str(c.port), "--num-cpus", "2", "--no-dashboard",
-                     "--object-store-memory", str(600 << 20)).stdout
-        c.token = out.split("token: ")[1].split()[0]
-        c.zray("worker", "--address", c.address, "--token", c.token, "--num-cpus", "2",
-               "--resources", json.dumps({"far": 2}), "--object-store-memory", str(600 << 20))
-        zray.init(address=c.address)
-        deadline = time.monotonic() + 10
-        while zray.cluster_resources().get("CPU") != 4 and time.monotonic() < deadline:
-            time.sleep(0.05)  # the driver's node hears of the worker's join from the head
+    far = ["--num-cpus", "2", "--resources", json.dumps({"far": 2}),
+           "--object-store-memory", str(600 << 20)]
+    with running("zf", ["--num-cpus", "2", "--no-dashboard", "--object-store-memory",
+                        str(600 << 20)], [far], cpus=4) as c:
         yield c
-    finally:
-        zray.shutdown()
-        c.zray("stop", check=False)
-        shutil.rmtree(tmpdir, ignore_errors=True)
-        if old is None:
-            os.environ.pop("ZRAY_TMPDIR", None)
-        else:
-            os.environ["ZRAY_TMPDIR"] = old
 
 
 def totals(cluster) -> dict:
