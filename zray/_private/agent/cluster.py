@@ -258,9 +258,8 @@ class ClusterLink:
 
     def offload(self, task: Task, queued: int) -> bool:
         """A saturated node hands the head of a queue to a node that is idle now."""
-        quiet = time.monotonic() - self.head.last_heard
-        if self.head.silent or quiet > 2 * HEARTBEAT_INTERVAL:
-            return False  # the head may be gone: keep it here
+        if self.head.silent:
+            return False  # the head is gone for now: keep it here
         if task.placed or task.spec.get("scheduling_strategy"):
             return False  # the head (or its strategy) put it here: it waits here
         me = self.node_id.hex()
