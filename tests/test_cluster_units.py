@@ -369,3 +369,20 @@ def test_a_heartbeat_for_a_node_from_another_socket_does_not_take_its_traffic(ri
     forward(a, name="still_mine")        # placed on a's node: it must reach a, not b
     assert a.expect(Op.FORWARD)["task"]["name"] == "still_mine"
     assert b.quiet()
+
+
+def test_a_result_for_a_node_not_registered_yet_waits_for_it(rig):
+    """After a head restart, a RESULT may come before its origin registers again."""
+    ran, origin = rig.peer(b"ran"), rig.peer(b"origin")
+    ran.register({"CPU": 1.0})
+    task_id = ids.new_id()
+    ran.send(Op.RESULT, {"task_id": task_id, "origin": origin.node_id, "node_id": ran.node_id,
+                         "results": [], "error": ""})
+    assert origin.quiet()
+    origin.send(Op.REGISTER, {"node_id": origin.node_id, "ip": "127.0.0.1",
+                              "address": "ipc://agent", "resources": {"CPU": 1.0},
+                              "store_capacity": 1 << 30, "pid": 1, "transfer_address": "",
+                              "hostname": "h"})
+    got, body, _ = origin.recv()
+    assert got == Op.RESULT and body["task_id"] == task_id   # before its REGISTERED
+    assert origin.expect(Op.REGISTERED)["pub_address"]

@@ -163,7 +163,12 @@ def test_a_head_killed_and_restored_mid_job(cluster):
         assert int(zray.get(waiting, timeout=60)[0]) == 7      # sent while the head was down
     except exceptions.GetTimeoutError:
         logs = "\n".join(services.log_tail(r["session_dir"])[-4000:] for r in cluster.records())
-        raise AssertionError(f"work sent while the head was down never ran:\n{logs}")
+        from zray.util import state
+        record = state.get_task(waiting.task_id().hex())
+        head = services.head_query(cluster.address, cluster.token, "status")
+        raise AssertionError(f"work sent while the head was down never ran: {record}\n"
+                             f"head: forwarded {head['forwarded']}, unplaced "
+                             f"{head['unplaced']}\n{logs}")
     deadline = time.monotonic() + 20
     while sum(n["alive"] for n in cluster.status()["nodes"]) != 2:
         assert time.monotonic() < deadline, cluster.status()

@@ -68,6 +68,8 @@ class Head(StateVerbs):
         self.directory = Directory()
         self.names = ActorNames()
         self.state = ClusterState(self.table)
+        #: RESULTs for nodes not registered (yet) with this head, delivered when they do.
+        self.undelivered: Dict[bytes, List[tuple]] = {}
         self.dashboard: Any = None
         self.next_refresh = 0.0
         self.spread_counts: Dict[bytes, int] = {}   # SPREAD tasks given to each node
@@ -234,6 +236,8 @@ class Head(StateVerbs):
         logger.info("node %s joined from %s with %s", node_id.hex()[:8], body.get("ip"),
                     body.get("resources"))
         self.learn_back(node_id, body)
+        for _, result, frames in self.undelivered.pop(node_id, ()):
+            self.reply(ident, Op.RESULT, result, *frames)  # came while it was away
         self.publish(protocol.TOPIC_NODE, Op.PUB_NODE, {"event": "joined", "node_id": node_id})
         self.reply(ident, Op.REGISTERED, {"nodes": self.table(), "seq": self.seq,
                                           "pub_address": self.pub_address})
@@ -277,6 +281,9 @@ class Head(StateVerbs):
         for node in list(self.nodes.values()):
             if node.alive and node.last_seen < deadline:
                 self.node_died(node)
+        for origin, held in list(self.undelivered.items()):
+            if held[-1][0] < deadline - 30:  # its node never came back
+                del self.undelivered[origin]
 
     def node_died(self, node: NodeEntry) -> None:
         node.alive = False
@@ -389,9 +396,15 @@ class Head(StateVerbs):
         if sealed:
             self.publish(protocol.TOPIC_OBJECT, Op.PUB_OBJECT, {"node_id": ran_on, "sealed": sealed})
         origin = body.get("origin") or (placed.origin if placed else None)
-        if origin is not None and not self.to_node(origin, Op.RESULT, body, *raw):
-            logger.warning("result of %s has nowhere to go: node %s is gone",
-                           body["task_id"].hex()[:8], origin.hex()[:8])
+        if origin is None or self.to_node(origin, Op.RESULT, body, *raw):
+            return
+        if origin not in self.nodes:  # not registered again yet (this head restarted)
+            held = self.undelivered.setdefault(origin, [])
+            if len(held) < 10_000:
+                held.append((time.monotonic(), body, raw))
+                return
+        logger.warning("result of %s has nowhere to go: node %s is gone",
+                       body["task_id"].hex()[:8], origin.hex()[:8])
 
     def on_objects_freed(self, ident: bytes, body: protocol.ObjectsFreed, raw) -> None:
         freed = body.get("object_ids", [])
