@@ -194,6 +194,27 @@ def test_a_ref_put_inside_a_task_on_another_node_can_be_read(cluster):
     assert zray.get(total.remote([big]), timeout=30) == 999_999 * 1_000_000 // 2
 
 
+def test_a_ref_nested_in_an_argument_is_readable_on_a_third_node(cluster):
+    @zray.remote(resources={"gamma": 1})
+    def make(gate):
+        while not os.path.exists(gate):
+            time.sleep(0.01)
+        return np.ones(1 << 20)
+
+    @zray.remote(resources={"beta": 1})
+    def total(refs):
+        return float(zray.get(refs[0]).sum())
+
+    gate = tempfile.mktemp(prefix="zgate")
+    ref = make.remote(gate)          # still being made when the reader is sent away
+    reading = total.remote([ref])
+    open(gate, "w").close()
+    try:
+        assert zray.get(reading, timeout=30) == float(1 << 20)
+    finally:
+        os.unlink(gate)
+
+
 def test_100mb_object_made_on_one_node_read_on_another(cluster):
     n = 100 * 1024 * 1024 // 8
 

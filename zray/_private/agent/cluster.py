@@ -260,6 +260,10 @@ class ClusterLink:
         """A saturated node hands the head of a queue to a node that is idle now."""
         if self.head.silent:
             return False  # the head is gone for now: keep it here
+        for oid in task.spec.get("contained", ()):
+            obj = self.objects.get(oid)
+            if obj is None or obj.state is not READY:
+                return False  # it could not say where a nested ref is: run it here
         if task.placed or task.spec.get("scheduling_strategy"):
             return False  # the head (or its strategy) put it here: it waits here
         me = self.node_id.hex()

@@ -187,14 +187,14 @@ class TaskTable:
                 self.finish_with_error_data(task, data)  # same root cause
                 return
         if task.is_actor_task and task.actor is None:
-            self.forward(task)  # a call to an actor on another node
+            self.send_away(task)  # a call to an actor on another node
             return
         strategy = task.spec.get("scheduling_strategy")
         if strategy and not task.placed and self.placed_by_strategy(task, strategy):
             return
         missing = self.missing(task)
         if missing and self.forward is not None:
-            self.forward(task)  # this node can never run it: the head places it
+            self.send_away(task)  # this node can never run it: the head places it
             return
         if self.forward is not None and self.fetch_args(task):
             return  # back here when its arguments have arrived
@@ -208,7 +208,7 @@ class TaskTable:
         """True if the task's scheduling strategy sends it elsewhere (or fails it)."""
         if strategy[0] == "NODE" and strategy[1] != self.node_id:
             if self.forward is not None:
-                self.forward(task)  # the head puts it on that node
+                self.send_away(task)  # the head puts it on that node
                 return True
             if strategy[2]:
                 return False  # soft: this node will do
@@ -219,9 +219,18 @@ class TaskTable:
                 f"affinity is not soft"))
             return True
         if strategy[0] == "SPREAD" and self.forward is not None:
-            self.forward(task)  # the head spreads them over the nodes
+            self.send_away(task)  # the head spreads them over the nodes
             return True
         return False
+
+    def send_away(self, task: Task) -> None:
+        """Forward a task, once the refs nested in its arguments exist: it carries
+        where they are (the node that runs it could not learn that later)."""
+        for oid in task.spec.get("contained", ()):
+            if self.objects.wait_for(oid, task):
+                task.deps_left += 1
+        if task.deps_left == 0:
+            self.forward(task)  # else make_ready runs again when they are ready
 
     def fetch_args(self, task: Task) -> bool:
         """Pull arguments that are on other nodes; True if the task must wait for them."""
