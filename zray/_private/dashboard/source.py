@@ -40,15 +40,9 @@ class HeadSource:
     # ------------------------------------------------------------------ the interface
     def cluster(self) -> Dict[str, Any]:
         self._read()
-        nodes = []
-        for row in self.state.rows("nodes"):
-            nodes.append(dict(row, is_head=row["node_id"] in self.head_nodes()))
+        rows = self.state.rows("nodes")   # the node beside the head registered first
+        nodes = [dict(row, is_head=i == 0) for i, row in enumerate(rows)]
         return {"nodes": nodes, "session": os.path.basename(self.session_dir) or "zray"}
-
-    def head_nodes(self) -> set:
-        """The node running beside the head (the first to register)."""
-        rows = self.state.rows("nodes")
-        return {rows[0]["node_id"]} if rows else set()
 
     def jobs(self) -> List[dict]:
         self._read()
