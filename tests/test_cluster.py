@@ -25,7 +25,7 @@ import zmq
 import zray
 from clusters import ROOT, free_port, running
 from zray import exceptions
-from zray._private import protocol
+from zray._private import protocol, security, services
 from zray._private.protocol import Op
 
 pytestmark = pytest.mark.timeout(120)
@@ -579,3 +579,39 @@ def test_stop_leaves_nothing_behind(cluster):
     out = cluster.zray("status", check=False)
     assert out.returncode != 0 and "no zray node" in out.stderr
 
+
+
+def test_junk_at_a_transfer_socket_is_answered_and_pulls_go_on(cluster):
+    """A token holder's malformed PULLs get an error CHUNK, never a crash or a
+    read outside an object; the node goes on serving pulls."""
+    nodes = services.head_query(cluster.address, cluster.token, "nodes")["nodes"]
+    target = next(n for n in nodes if n["node_id"] in (cluster.nodes["gamma"],
+                                                       bytes.fromhex(cluster.nodes["gamma"])))
+    keys = security.Keys(cluster.token)
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    keys.join(sock)
+    sock.connect(target["transfer"])
+    try:
+        bad = [{"object_id": "x", "offset": 0, "length": 1},
+               {"object_id": b"\x01" * 20, "offset": -5, "length": 1 << 62},
+               {"object_id": b"\x01" * 20},
+               {"offset": 0, "length": 10}]
+        for body in bad:
+            sock.send_multipart(protocol.encode(Op.PULL, body))
+        sock.send_multipart(protocol.encode(Op.CHUNK, {"object_id": b"x"}))
+        answers = []
+        while len(answers) < 5 and sock.poll(10_000):
+            op, body, _ = protocol.decode(sock.recv_multipart())
+            answers.append((op, body))
+        assert len(answers) == 5
+        assert all(op == Op.CHUNK and body.get("error") for op, body in answers)
+    finally:
+        sock.close(0)
+
+    @zray.remote(resources={"gamma": 1})
+    def make():
+        return np.ones(2_000_000)
+
+    assert float(zray.get(make.remote(), timeout=30).sum()) == 2_000_000.0

@@ -386,3 +386,19 @@ def test_a_result_for_a_node_not_registered_yet_waits_for_it(rig):
     got, body, _ = origin.recv()
     assert got == Op.RESULT and body["task_id"] == task_id   # before its REGISTERED
     assert origin.expect(Op.REGISTERED)["pub_address"]
+
+
+def test_a_chunk_is_written_only_inside_its_object():
+    from zray._private.agent.transfer import chunk_problem
+
+    def shared(size, offset, n):
+        return {"kind": 1, "layout": [[0, size]], "size": size, "offset": offset}, [b"x" * n]
+
+    assert chunk_problem(*shared(100, 0, 100), -1) == ""
+    assert chunk_problem(*shared(100, 90, 10), 100) == ""
+    assert "does not fit" in chunk_problem(*shared(100, 95, 10), 100)
+    assert "does not fit" in chunk_problem(*shared(100, -1, 1), -1)
+    assert "its first said" in chunk_problem(*shared(200, 0, 10), 100)
+    assert chunk_problem({"kind": 0, "layout": [[0, 2]]}, [b"ab"], -1) == ""
+    assert chunk_problem({"kind": 1, "layout": [[0, 2]]}, [b"ab"], -1)
+    assert chunk_problem({"kind": 7, "layout": []}, [b""], -1)

@@ -29,7 +29,7 @@ from typing import Any, Callable, Dict, List, Optional
 import zmq
 
 from zray import exceptions
-from zray._private import protocol, scheduling
+from zray._private import protocol, ratelog, scheduling, validate
 from zray._private.agent.objects import READY, SHARED, is_remote
 from zray._private.agent.tasks import REMOTE, WAITING, Task
 from zray._private.protocol import HEARTBEAT_INTERVAL, HEARTBEAT_LIVENESS, Op
@@ -467,9 +467,12 @@ class ClusterLink:
 
     def on_pub(self, frames: List[bytes]) -> None:
         try:
-            op, body, _ = protocol.decode(frames[1:])
+            op, body, raw = protocol.decode(frames[1:])
+            if op not in (Op.PUB_NODE, Op.PUB_OBJECT):
+                raise protocol.ProtocolError(f"the PUB channel carries no {op.name}")
+            validate.check(op, body, raw)
         except (protocol.ProtocolError, IndexError) as exc:
-            logger.warning("malformed message on the PUB channel: %s", exc)
+            ratelog.limited(logger).refused(None, "the head's PUB channel", exc)
             return
         seq = body.get("seq", 0)
         if seq <= self.pub_seq:

@@ -25,7 +25,7 @@ from typing import Any, Callable, Dict, List, Optional
 import zmq
 
 from zray import exceptions
-from zray._private import protocol
+from zray._private import protocol, ratelog, validate
 from zray._private.agent.objects import READY, SHARED, Obj, is_remote
 from zray._private.protocol import CHUNK_BYTES, CHUNK_WINDOW, Op
 
@@ -171,8 +171,9 @@ class Transfer:
             op, body, raw = protocol.decode([frames[0].bytes] + frames[1:])
             if op != Op.CHUNK:
                 raise protocol.ProtocolError(f"a peer answered a PULL with {op.name}")
+            validate.check(op, body, raw)
         except (protocol.ProtocolError, IndexError) as exc:
-            logger.warning("malformed chunk from node %s: %s", node_id.hex()[:8], exc)
+            ratelog.limited(logger).refused(None, f"node {node_id.hex()[:8]}", exc)
             return
         oid = body.get("object_id", b"")
         obj = self.objects.get(oid)
@@ -184,15 +185,21 @@ class Transfer:
                         body["error"])
             self.retry(oid, obj)
             return
+        problem = chunk_problem(body, raw, pull.size)
+        if problem:
+            ratelog.limited(logger).refused(Op.CHUNK, f"node {node_id.hex()[:8]}",
+                                            protocol.ProtocolError(problem))
+            self.retry(oid, obj)  # the next holder, or lost: never a write out of bounds
+            return
         kind = body["kind"]
         if kind != SHARED:
             self.pulls.pop(oid, None)
             self.objects.land(oid, obj, kind, body["layout"], raw[0].bytes, -1, 0)
             return
-        if pull.size < 0 and not self.begin(oid, obj, pull, int(body["size"])):
+        if pull.size < 0 and not self.begin(oid, obj, pull, body["size"]):
             return
         data = raw[0].buffer if raw else b""
-        self.objects.view(pull.offset + int(body["offset"]), len(data))[:] = data
+        self.objects.view(pull.offset + body["offset"], len(data))[:] = data
         pull.got += len(data)
         if pull.next_off < pull.size:
             self.request_chunk(self.peers[node_id], pull, pull.next_off)
@@ -219,12 +226,14 @@ class Transfer:
     def serve_pull(self, frames: List[bytes]) -> None:
         ident = frames[0]
         try:
-            op, body, _ = protocol.decode(frames[1:])
+            op, body, raw = protocol.decode(frames[1:])
             if op != Op.PULL:
                 raise protocol.ProtocolError(f"the transfer socket serves PULL, not {op.name}")
+            validate.check(op, body, raw)
             oid = body["object_id"]
-        except (protocol.ProtocolError, IndexError, KeyError) as exc:
-            logger.warning("malformed transfer request: %s", exc)
+        except (protocol.ProtocolError, IndexError) as exc:
+            ratelog.limited(logger).refused(None, "a peer's transfer socket", exc)
+            self.answer(ident, {"object_id": b"", "error": f"refused: {exc}"}, b"")
             return
         obj = self.objects.get(oid)
         reply: Dict[str, Any] = {"object_id": oid}
@@ -237,15 +246,36 @@ class Transfer:
             else:
                 if obj.spilled and not self.objects.restore(oid, obj):
                     raise exceptions.ObjectStoreFullError("spilled, and no room to restore")
-                off = int(body.get("offset", 0))
-                n = max(0, min(int(body.get("length", CHUNK_BYTES)), obj.size - off))
+                off = min(body["offset"], obj.size)
+                n = max(0, min(body["length"], CHUNK_BYTES, obj.size - off))
                 reply.update(size=obj.size, offset=off)
                 data = bytes(self.objects.view(obj.offset + off, n))
             obj.exported = True
         except exceptions.ZrayError as exc:
             reply["error"] = str(exc)
             data = b""
+        self.answer(ident, reply, data)
+
+    def answer(self, ident: bytes, reply: dict, data: Any) -> None:
         try:
             self.router.send_multipart([ident, *protocol.encode(Op.CHUNK, reply, data)])
         except zmq.ZMQError:
             pass  # the peer left
+
+
+def chunk_problem(body: dict, raw: List[Any], size: int) -> str:
+    """Why a CHUNK for a pull that expects ``size`` bytes (-1: not known yet) cannot
+    be written ("" when it can): a peer's numbers never write outside the object."""
+    if body.get("kind") not in (0, 1, 2) or not raw or "layout" not in body:
+        return "a chunk without its kind, layout or bytes"
+    if body["kind"] != SHARED:
+        return ""
+    total, offset = body.get("size"), body.get("offset")
+    if not isinstance(total, int) or not isinstance(offset, int):
+        return "a shared chunk without its size and offset"
+    length = len(raw[0].buffer) if hasattr(raw[0], "buffer") else len(raw[0])
+    if size >= 0 and total != size:
+        return f"a chunk says the object has {total} bytes, its first said {size}"
+    if total < 0 or offset < 0 or offset + length > total:
+        return f"a chunk of {length} bytes at {offset} does not fit an object of {total}"
+    return ""
