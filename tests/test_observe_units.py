@@ -584,3 +584,16 @@ def test_an_end_carries_its_start_when_no_running_event_went_out():
     assert record["state"] == "FAILED" and record["error"] == "ValueError: no"
     assert record["started_at"] == 2.0 and record["worker_pid"] == 7
     assert record["node_id"] == (b"n" * 16).hex()
+
+
+def test_state_queries_during_a_collection_join_it_instead_of_starting_another():
+    from zray._private.head_state import ClusterState
+
+    state = ClusterState(lambda: [], limit=10)
+    nodes = {b"a" * 16, b"b" * 16}
+    first = state.start_collect(b"asker-1", {"req": 1}, nodes, now=0.0)
+    assert first and state.start_collect(b"asker-2", {"req": 2}, nodes, now=0.1) == 0
+    assert state.add_events({"node_id": b"a" * 16, "collect": first}) is None
+    done = state.add_events({"node_id": b"b" * 16, "collect": first})
+    assert [ident for ident, _ in done.askers] == [b"asker-1", b"asker-2"]
+    assert state.start_collect(b"asker-3", {"req": 3}, nodes, now=1.0) > first   # a new round

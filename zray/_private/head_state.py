@@ -79,12 +79,11 @@ def expand(node_id: bytes, event: list) -> List[tuple]:
 class Collect:
     """A state query waiting for the nodes' answers."""
 
-    __slots__ = ("ident", "body", "waiting", "deadline")
+    __slots__ = ("askers", "waiting", "deadline")
 
     def __init__(self, ident: Optional[bytes], body: dict, waiting: Set[bytes],
                  deadline: float) -> None:
-        self.ident = ident          # who asked (None: the dashboard's refresh)
-        self.body = body
+        self.askers = [(ident, body)]   # who asked (ident None: the dashboard's refresh)
         self.waiting = waiting
         self.deadline = deadline
 
@@ -176,8 +175,13 @@ class ClusterState:
 
     def start_collect(self, ident: Optional[bytes], body: dict, nodes: Set[bytes],
                       now: float) -> int:
-        """Register a query waiting for ``nodes``; returns the COLLECT number to send."""
+        """Register a query waiting for ``nodes``; returns the COLLECT number to send,
+        or 0 when it joined a collection already under way (queries never multiply
+        the rounds of COLLECT: at most one is in flight)."""
         with self.lock:
+            if self.collects:
+                self.collects[max(self.collects)].askers.append((ident, body))
+                return 0
             self.next_collect += 1
             self.collects[self.next_collect] = Collect(ident, body, set(nodes),
                                                        now + COLLECT_WAIT)
@@ -312,16 +316,19 @@ class StateVerbs:
         """A state query: every alive node sends its events and state first."""
         alive = {n.node_id for n in self.nodes.values() if n.alive}
         number = self.state.start_collect(ident, body, alive, time.monotonic())
+        if not number:
+            return  # answered when the collection under way completes
         for node_id in alive:
             self.to_node(node_id, Op.COLLECT, {"collect": number})
         if not alive:
             self.answer_state(self.state.take_collect(number))
 
     def answer_state(self, collect: Any) -> None:
-        if collect is not None and collect.ident is not None:
-            reply = self.state.answer(collect.body)
-            reply["req"] = collect.body.get("req", 0)
-            self.reply(collect.ident, Op.HEAD_REPLY, reply)
+        for ident, body in collect.askers if collect is not None else ():
+            if ident is not None:
+                reply = self.state.answer(body)
+                reply["req"] = body.get("req", 0)
+                self.reply(ident, Op.HEAD_REPLY, reply)
 
     def start_dashboard(self, where: str, session_dir: str) -> None:
         """Serve the dashboard at ``HOST:PORT``; tell the starter its URL (or why not)."""
