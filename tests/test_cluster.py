@@ -24,6 +24,7 @@ import zmq
 
 import zray
 from clusters import ROOT, free_port, running
+from waiting import eventually
 from zray import exceptions
 from zray._private import protocol, security, services
 from zray._private.protocol import Op
@@ -506,6 +507,84 @@ def test_tasks_follow_their_scheduling_strategy_across_nodes(cluster):
     assert len(set(zray.get([spread.remote() for _ in range(9)], timeout=30))) == 3
 
 
+def test_junk_at_a_transfer_socket_is_answered_and_pulls_go_on(cluster):
+    """A token holder's malformed PULLs get an error CHUNK, never a crash or a
+    read outside an object; the node goes on serving pulls."""
+    nodes = services.head_query(cluster.address, cluster.token, "nodes")["nodes"]
+    target = next(n for n in nodes if n["node_id"] in (cluster.nodes["gamma"],
+                                                       bytes.fromhex(cluster.nodes["gamma"])))
+    keys = security.Keys(cluster.token)
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    keys.join(sock)
+    sock.connect(target["transfer"])
+    try:
+        bad = [{"object_id": "x", "offset": 0, "length": 1},
+               {"object_id": b"\x01" * 20, "offset": -5, "length": 1 << 62},
+               {"object_id": b"\x01" * 20},
+               {"offset": 0, "length": 10}]
+        for body in bad:
+            sock.send_multipart(protocol.encode(Op.PULL, body))
+        sock.send_multipart(protocol.encode(Op.CHUNK, {"object_id": b"x"}))
+        answers = []
+        while len(answers) < 5 and sock.poll(10_000):
+            op, body, _ = protocol.decode(sock.recv_multipart())
+            answers.append((op, body))
+        assert len(answers) == 5
+        assert all(op == Op.CHUNK and body.get("error") for op, body in answers)
+    finally:
+        sock.close(0)
+
+    @zray.remote(resources={"gamma": 1})
+    def make():
+        return np.ones(2_000_000)
+
+    assert float(zray.get(make.remote(), timeout=30).sum()) == 2_000_000.0
+
+
+def directory_holders(cluster, oid: bytes) -> set:
+    reply = services.head_query(cluster.address, cluster.token, "snapshot")
+    return {bytes(n).hex() for n in reply["directory"].get(oid, ())}
+
+
+def test_the_directory_lists_pulled_copies_and_a_copy_freed_never_frees_the_object(
+        cluster, tmp_path):
+    """A copy pulled to a third node is listed at the head; freeing that copy, even
+    after it was handed on, leaves the object to its owner (it freed it everywhere)."""
+    gamma, beta = cluster.nodes["gamma"], cluster.nodes["beta"]
+    gate = str(tmp_path / "gate")
+
+    @zray.remote(resources={"gamma": 1}, max_retries=0)
+    def make():
+        return np.arange(2_000_000, dtype=np.int64)
+
+    @zray.remote(resources={"gamma": 1})
+    def inner(array):
+        return int(array[-1])
+
+    @zray.remote(resources={"beta": 1})
+    def read_and_pass_on(refs, gate):
+        total = int(zray.get(refs[0]).sum())             # beta pulls a copy ...
+        last = zray.get(inner.remote(refs[0]))            # ... and hands it on
+        while not os.path.exists(gate):                   # holding it until told
+            time.sleep(0.01)
+        return total, last
+
+    x = make.remote()
+    zray.wait([x], timeout=30)
+    oid = x.binary()
+    assert directory_holders(cluster, oid) == {gamma}
+    done = read_and_pass_on.remote([x], gate)
+    assert eventually(lambda: directory_holders(cluster, oid) == {gamma, beta}, 30), \
+        "the pulled copy was never listed"
+    open(gate, "w").close()
+    assert zray.get(done, timeout=30) == (1_999_999 * 2_000_000 // 2, 1_999_999)
+    assert eventually(lambda: directory_holders(cluster, oid) == {gamma}, 30), \
+        "the freed copy is still listed"
+    assert int(zray.get(x, timeout=30)[-1]) == 1_999_999    # the owner still has it
+
+
 def test_killed_node_is_detected_and_its_work_redone(cluster, tmp_path):
     started = tmp_path / "started"
     release = tmp_path / "release"
@@ -578,40 +657,3 @@ def test_stop_leaves_nothing_behind(cluster):
                    " ".join(p.info["cmdline"] or []) for p in psutil.process_iter(["cmdline"]))
     out = cluster.zray("status", check=False)
     assert out.returncode != 0 and "no zray node" in out.stderr
-
-
-
-def test_junk_at_a_transfer_socket_is_answered_and_pulls_go_on(cluster):
-    """A token holder's malformed PULLs get an error CHUNK, never a crash or a
-    read outside an object; the node goes on serving pulls."""
-    nodes = services.head_query(cluster.address, cluster.token, "nodes")["nodes"]
-    target = next(n for n in nodes if n["node_id"] in (cluster.nodes["gamma"],
-                                                       bytes.fromhex(cluster.nodes["gamma"])))
-    keys = security.Keys(cluster.token)
-    ctx = zmq.Context.instance()
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    keys.join(sock)
-    sock.connect(target["transfer"])
-    try:
-        bad = [{"object_id": "x", "offset": 0, "length": 1},
-               {"object_id": b"\x01" * 20, "offset": -5, "length": 1 << 62},
-               {"object_id": b"\x01" * 20},
-               {"offset": 0, "length": 10}]
-        for body in bad:
-            sock.send_multipart(protocol.encode(Op.PULL, body))
-        sock.send_multipart(protocol.encode(Op.CHUNK, {"object_id": b"x"}))
-        answers = []
-        while len(answers) < 5 and sock.poll(10_000):
-            op, body, _ = protocol.decode(sock.recv_multipart())
-            answers.append((op, body))
-        assert len(answers) == 5
-        assert all(op == Op.CHUNK and body.get("error") for op, body in answers)
-    finally:
-        sock.close(0)
-
-    @zray.remote(resources={"gamma": 1})
-    def make():
-        return np.ones(2_000_000)
-
-    assert float(zray.get(make.remote(), timeout=30).sum()) == 2_000_000.0

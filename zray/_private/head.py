@@ -85,7 +85,8 @@ class Head(StateVerbs):
                          Op.HEAD_QUERY: self.on_head_query, Op.FORWARD: self.on_forward,
                          Op.RESULT: self.on_result, Op.OBJECTS_FREED: self.on_objects_freed,
                          Op.KILL_ACTOR: self.on_kill_actor, Op.LOG: self.on_log,
-                         Op.EVENTS: self.on_events, Op.JOB_ENDED: self.on_job_ended}
+                         Op.EVENTS: self.on_events, Op.JOB_ENDED: self.on_job_ended,
+                         Op.OBJECT_COPIES: self.on_object_copies}
 
     # ------------------------------------------------------------------ sockets
     def bind(self) -> None:
@@ -413,6 +414,13 @@ class Head(StateVerbs):
         if freed:
             self.publish(protocol.TOPIC_OBJECT, Op.PUB_OBJECT, {"node_id": body.get("node_id"),
                                                  "freed": freed})
+
+    def on_object_copies(self, ident: bytes, body: protocol.ObjectCopies, raw) -> None:
+        if ident in self.nodes:   # a node's socket is named by its ID
+            listed = self.directory.copies(ident, body.get("copied", ()), body.get("dropped", ()))
+            if listed:  # pulls elsewhere may take these copies too
+                self.publish(protocol.TOPIC_OBJECT, Op.PUB_OBJECT,
+                             {"node_id": ident, "sealed": listed})
 
     def on_log(self, ident: bytes, body: protocol.Log, raw) -> None:
         self.to_node(body.get("to_node", b""), Op.LOG, body)

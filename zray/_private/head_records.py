@@ -80,6 +80,19 @@ class Directory:
         self.holders.pop(oid, None)
         self.sizes.pop(oid, None)
 
+    def copies(self, node_id: bytes, copied: Iterable[bytes],
+               dropped: Iterable[bytes]) -> List[bytes]:
+        """A node pulled copies of known objects and let go of others; returns the
+        copies now listed (objects freed meanwhile are not listed again)."""
+        for oid in dropped:
+            holders = self.holders.get(oid)
+            if holders is not None and len(holders) > 1:
+                holders.discard(node_id)   # the last holder stays until the owner frees it
+        listed = [oid for oid in copied if oid in self.holders]
+        for oid in listed:
+            self.holders[oid].add(node_id)
+        return listed
+
     def drop_node(self, node_id: bytes) -> None:
         for oid, holders in list(self.holders.items()):
             holders.discard(node_id)

@@ -161,6 +161,7 @@ class ClusterLink:
         self.sub: Optional[zmq.Socket] = None
         self.pub_seq = -1
         self.freed_out: List[bytes] = []           # exported objects freed here: announce
+        self.copies_out: Dict[str, List[bytes]] = {"copied": [], "dropped": []}
         self.job_origins: Dict[bytes, bytes] = {}  # job -> node of its driver
         self.subscribe: Callable[[str], None] = lambda address: None  # set by the agent
 
@@ -193,10 +194,21 @@ class ClusterLink:
             self.wire.send_head(Op.OBJECTS_FREED, {"node_id": self.node_id,
                                                    "object_ids": self.freed_out})
             self.freed_out = []
+        if self.copies_out["copied"] or self.copies_out["dropped"]:
+            self.wire.send_head(Op.OBJECT_COPIES, dict(self.copies_out, node_id=self.node_id))
+            self.copies_out = {"copied": [], "dropped": []}
+
+    def object_copied(self, oid: bytes) -> None:
+        """Listener: a copy was pulled here; the head's directory lists it."""
+        self.copies_out["copied"].append(oid)
 
     def object_freed(self, oid: bytes, obj: Any) -> None:
-        """Listener: other nodes hold copies of an exported object; they drop them."""
-        if obj.exported and obj.held_for is None:
+        """Listener: other nodes hold copies of an exported object; they drop them.
+        A pulled copy's going is this node's alone (its owner frees the object)."""
+        if obj.copy:
+            if obj.kind == SHARED and not obj.where:   # there were bytes here
+                self.copies_out["dropped"].append(oid)
+        elif obj.exported and obj.held_for is None:
             self.freed_out.append(oid)
 
     def route_log(self, body: dict) -> None:
@@ -352,6 +364,7 @@ class ClusterLink:
                 self.objects.seal(oid, obj, kind, layout, raw[index], -1, ())
             else:
                 obj.where = list(located.get(oid, ()))
+                obj.copy = True   # owned by the task's origin node, not this one
 
     def send_result(self, task: Task) -> None:
         """A forwarded task finished here: its results go back to its origin node."""

@@ -174,6 +174,7 @@ class Agent:
         if cluster is not None:
             objects.puller = self.transfer
             objects.freed_listeners.append(cluster.object_freed)
+            self.transfer.on_copied = cluster.object_copied
             objects.freed_listeners.append(tasks.result_freed)
             objects.rebuild = tasks.rebuild
             tasks.forward = cluster.forward

@@ -56,7 +56,7 @@ def system_error(exc: BaseException) -> bytes:
 class Obj:
     __slots__ = ("state", "kind", "layout", "size", "data", "offset", "refs", "contained",
                  "waiting", "fetchers", "spilled", "owner", "pins", "where", "pulling",
-                 "exported", "held_for")
+                 "exported", "held_for", "copy")
 
     def __init__(self) -> None:
         self.state = PENDING
@@ -76,6 +76,8 @@ class Obj:
         self.pulling = False              # its bytes are on their way here
         self.exported = False             # other nodes know it: announce when it is freed
         self.held_for: Optional[bytes] = None  # kept for a task's origin node until freed
+        self.copy = False    # an argument of a task sent here: its bytes, once pulled, are
+        #                      a copy, and freeing it here frees this copy only
 
 
 def is_remote(obj: Obj) -> bool:

@@ -59,6 +59,7 @@ class Transfer:
         self.ctx: Any = None
         self.keys: Any = None
         self.poller: Any = None
+        self.on_copied: Callable[[bytes], None] = lambda oid: None   # a pulled copy landed
 
     def bind(self, ctx: zmq.Context, keys: Any, poller: Any, ip: str) -> str:
         """Listen for peers' PULLs (CURVE); returns the address peers connect to."""
@@ -194,7 +195,7 @@ class Transfer:
         kind = body["kind"]
         if kind != SHARED:
             self.pulls.pop(oid, None)
-            self.objects.land(oid, obj, kind, body["layout"], raw[0].bytes, -1, 0)
+            self.land(oid, obj, kind, body["layout"], raw[0].bytes, -1, 0)
             return
         if pull.size < 0 and not self.begin(oid, obj, pull, body["size"]):
             return
@@ -205,7 +206,12 @@ class Transfer:
             self.request_chunk(self.peers[node_id], pull, pull.next_off)
         if pull.got >= pull.size:
             self.pulls.pop(oid, None)
-            self.objects.land(oid, obj, SHARED, body["layout"], None, pull.offset, pull.size)
+            self.land(oid, obj, SHARED, body["layout"], None, pull.offset, pull.size)
+
+    def land(self, oid: bytes, obj: Obj, *how: Any) -> None:
+        self.objects.land(oid, obj, *how)
+        if obj.copy:
+            self.on_copied(oid)
 
     def begin(self, oid: bytes, obj: Obj, pull: Pull, size: int) -> bool:
         """The first chunk told the size: make room, and ask for the window."""

@@ -102,6 +102,7 @@ class Op(enum.IntEnum):
     EVENTS = 74         # task events, and the node's state when collected (agent -> head)
     COLLECT = 75        # send your events and state now, for a state query (head -> agent)
     JOB_ENDED = 76      # a driver left or died: end its job's work everywhere (agent <-> head)
+    OBJECT_COPIES = 77  # copies pulled to the sender's node, and copies it dropped (agent -> head)
 
     # node agent <-> node agent (object transfer ROUTER)
     PULL = 70           # send me [offset, offset + length) of an object
@@ -136,7 +137,7 @@ BODIES: Dict[Op, Any] = {
     Op.RESULT: Result, Op.TASK_FAILED: TaskFailed, Op.TASK_UNPLACEABLE: TaskUnplaceable,
     Op.OBJECTS_FREED: ObjectsFreed, Op.KILL_ACTOR: KillActor, Op.PULL: PullRequest,
     Op.CHUNK: Chunk, Op.PUB_NODE: PubNode, Op.PUB_OBJECT: PubObject, Op.EVENTS: Events,
-    Op.COLLECT: Collect, Op.JOB_ENDED: JobEnded,
+    Op.COLLECT: Collect, Op.JOB_ENDED: JobEnded, Op.OBJECT_COPIES: ObjectCopies,
 }
 
 

@@ -136,6 +136,14 @@ class ObjectsFreed(TypedDict):
     object_ids: List[bytes]
 
 
+class ObjectCopies(TypedDict, total=False):
+    """Copies pulled to a node that is not their owner's, and copies it let go of:
+    the head's directory lists every copy (a pull may take any)."""
+    node_id: bytes
+    copied: List[bytes]
+    dropped: List[bytes]
+
+
 class KillActor(TypedDict):
     actor_id: bytes
     no_restart: bool
