@@ -390,3 +390,20 @@ def test_async_actor_and_await():
 
     assert asyncio.run(main()) == 7
     assert echo.remote(3).future().result(timeout=10) == 3
+
+
+def test_the_start_of_the_store_is_kept_resident_for_puts(cluster):
+    """The agent and the driver warm the arena's first pages in the background, so a
+    put right after init writes into resident, mapped pages (see zray/_private/warm.py)."""
+    from zray._private import state, warm
+
+    arena = state.client.attach_arena()
+    if not warm.populate(warm.address_of(arena.buf), 0, 4096):
+        pytest.skip("this kernel has no MADV_POPULATE_WRITE")
+    wanted = min(arena.size, warm.WARM_BYTES)
+    deadline = time.monotonic() + 30
+    while arena._warmer.edge < wanted:
+        assert time.monotonic() < deadline, "the driver's warm region never grew"
+        time.sleep(0.02)
+    allocated = os.stat(f"/dev/shm/{arena.name}").st_blocks * 512   # pages that exist
+    assert allocated >= wanted

@@ -436,3 +436,62 @@ def test_discard_and_cleanup(tmp_path):
     store.cleanup()           # nothing left to remove: still fine
     store.spill(b"c", memoryview(b"c"))     # and the store is usable again
     assert (tmp_path / "zray_spill" / b"c".hex()).exists()
+
+
+# --------------------------------------------------------------------- warm pages
+
+
+def _resident_bytes(name: str) -> int:
+    """Resident bytes of this process's mappings of /dev/shm/<name> (from smaps)."""
+    total, inside = 0, False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            if "-" in line.split(" ", 1)[0] and len(line.split()) >= 5:
+                inside = line.rstrip().endswith(f"/dev/shm/{name}")
+            elif inside and line.startswith("Rss:"):
+                total += int(line.split()[1]) * 1024
+    return total
+
+
+def _wait(condition, within=20.0):
+    deadline = time.monotonic() + within
+    while not condition():
+        assert time.monotonic() < deadline, "the warm region never grew"
+        time.sleep(0.01)
+
+
+def test_the_allocator_remembers_its_high_water_mark():
+    alloc = Allocator(1 << 20)
+    a = alloc.allocate(1000)
+    b = alloc.allocate(5000)
+    assert alloc.high_water == b + 5056
+    alloc.free(b)
+    alloc.free(a)
+    assert alloc.high_water == b + 5056 and alloc.allocate(64) == 0
+
+
+def test_a_warm_region_becomes_resident_without_changing_a_byte(arena_name):
+    from zray._private import warm
+
+    size = 48 << 20
+    arena = Arena.create(arena_name, size)
+    try:
+        if not warm.populate(warm.address_of(arena.buf), 0, 4096):
+            pytest.skip("this kernel has no MADV_POPULATE_WRITE")
+        for offset in (5000, 20 << 20, size - 1):
+            arena.buf[offset] = 0xAB
+        assert _resident_bytes(arena_name) < 1 << 20
+        high = [0]
+        arena.keep_warm(lambda: high[0])
+        warmer = arena._warmer
+        warmer.ahead = 16 << 20      # (the thread reads it at each step)
+        _wait(lambda: warmer.edge >= 16 << 20)
+        high[0] = 40 << 20           # puts reached further: the region follows
+        _wait(lambda: warmer.edge >= size)
+        assert _resident_bytes(arena_name) >= size - (1 << 20)
+        assert [arena.buf[o] for o in (5000, 20 << 20, size - 1)] == [0xAB] * 3
+        assert arena.buf[4096] == 0
+    finally:
+        arena.close()
+        arena.unlink()
+    assert warmer.thread is None     # stopped with the arena

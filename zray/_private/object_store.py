@@ -154,6 +154,7 @@ class Allocator:
         self._free = _FreeBlocks()
         self._allocated: dict[int, int] = {}   # offset -> rounded size
         self._used = 0
+        self.high_water = 0                    # the end of the highest block ever allocated
         if self.capacity:
             self._free.add(0, self.capacity)
 
@@ -192,6 +193,7 @@ class Allocator:
             self._free.add(offset + size, block - size)
         self._allocated[offset] = size
         self._used += size
+        self.high_water = max(self.high_water, offset + size)
         return offset
 
     def free(self, offset: int) -> int:
@@ -292,6 +294,7 @@ class Arena:
         # The name as the OS and the resource tracker know it ("/zray...").
         self._tracked_name: str = shm._name  # type: ignore[attr-defined]
         self._unlinked = False
+        self._warmer: Any = None
 
     @classmethod
     def create(cls, name: str, size: int) -> Arena:
@@ -318,6 +321,14 @@ class Arena:
                 shm = SharedMemory(name=name, create=False)
         return cls(shm, creator=False)
 
+    def keep_warm(self, high_water: Any = lambda: 0) -> None:
+        """Keep the start of the arena resident in this process (see :mod:`warm`):
+        up to ``WARM_BYTES`` past ``high_water()``, in a background thread."""
+        from zray._private.warm import Warmer
+
+        if self._warmer is None and self._shm is not None:
+            self._warmer = Warmer(self.buf, high_water).start()
+
     def view(self, offset: int, length: int) -> memoryview:
         """A writable view of ``length`` bytes at ``offset``."""
         self._check_range(offset, length)
@@ -340,6 +351,8 @@ class Arena:
         alive, the mapping cannot be closed; it is then left for the process
         exit to release rather than failing here.
         """
+        if self._warmer is not None:
+            self._warmer.stop()     # before the mapping goes
         shm, self._shm = self._shm, None
         if shm is None:
             return

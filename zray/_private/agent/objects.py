@@ -107,8 +107,8 @@ class ObjectTable:
 
     # ------------------------------------------------------------------ store
     def open_store(self, name: str, session_dir: str) -> None:
-        self.arena = Arena.create(name, self.allocator.capacity)
-        self.spill = SpillStore(session_dir)
+        self.arena, self.spill = Arena.create(name, self.allocator.capacity), SpillStore(session_dir)
+        self.arena.keep_warm(lambda: self.allocator.high_water)
 
     def close_store(self) -> None:
         if self.arena is not None:

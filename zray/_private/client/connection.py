@@ -106,6 +106,8 @@ class Client:
                 f"no answer from the zray node agent at {self.agent_address} within {timeout:.0f}s")
         if transport.lost:
             raise ConnectionLost(transport.lost)
+        if self.kind == "driver" and transport.welcome.get("arena"):
+            self.attach_arena().keep_warm()   # a driver's puts find its pages mapped
 
     def close(self) -> None:
         self.transport.close()
