@@ -508,30 +508,35 @@ def test_tasks_follow_their_scheduling_strategy_across_nodes(cluster):
 
 
 def test_junk_at_a_transfer_socket_is_answered_and_pulls_go_on(cluster):
-    """A token holder's malformed PULLs get an error CHUNK, never a crash or a
-    read outside an object; the node goes on serving pulls."""
+    """A transfer socket opens only messages sealed with the cluster's token: a peer
+    without it gets nothing; a token holder's malformed PULLs get an error CHUNK,
+    never a crash or a read outside an object; the node goes on serving pulls."""
     nodes = services.head_query(cluster.address, cluster.token, "nodes")["nodes"]
     target = next(n for n in nodes if n["node_id"] in (cluster.nodes["gamma"],
                                                        bytes.fromhex(cluster.nodes["gamma"])))
-    keys = security.Keys(cluster.token)
+    sealer = security.Sealer(cluster.token)
+    stranger = security.Sealer(security.new_token())
     ctx = zmq.Context.instance()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
-    keys.join(sock)
     sock.connect(target["transfer"])
     try:
+        pull = {"object_id": b"\x01" * 20, "offset": 0, "length": 10}
+        sock.send_multipart(protocol.encode(Op.PULL, pull))          # not sealed
+        sock.send_multipart(stranger.seal(protocol.encode(Op.PULL, pull)))
+        sock.send_multipart([b"\x00" * 8, b"junk"])
         bad = [{"object_id": "x", "offset": 0, "length": 1},
                {"object_id": b"\x01" * 20, "offset": -5, "length": 1 << 62},
                {"object_id": b"\x01" * 20},
                {"offset": 0, "length": 10}]
         for body in bad:
-            sock.send_multipart(protocol.encode(Op.PULL, body))
-        sock.send_multipart(protocol.encode(Op.CHUNK, {"object_id": b"x"}))
+            sock.send_multipart(sealer.seal(protocol.encode(Op.PULL, body)))
+        sock.send_multipart(sealer.seal(protocol.encode(Op.CHUNK, {"object_id": b"x"})))
         answers = []
         while len(answers) < 5 and sock.poll(10_000):
-            op, body, _ = protocol.decode(sock.recv_multipart())
+            op, body, _ = protocol.decode(sealer.open(sock.recv_multipart()))
             answers.append((op, body))
-        assert len(answers) == 5
+        assert len(answers) == 5 and not sock.poll(300)   # nothing for the three strangers
         assert all(op == Op.CHUNK and body.get("error") for op, body in answers)
     finally:
         sock.close(0)

@@ -10,7 +10,14 @@ lets a node, a driver or ``zray status`` in:
   which a ``zmq.auth`` handler checks before the first message is delivered.
 
 A peer without the token fails the handshake: its bytes never reach a
-handler, let alone an unpickler.  Refusals are logged by the authenticator
+handler, let alone an unpickler.
+
+Object bytes between nodes are the exception: CURVE's cipher runs at about
+0.4 GiB/s here, a third of what loopback TCP carries, so the transfer
+sockets use no handshake and :class:`Sealer` seals every frame instead, with
+AES-256-GCM (AES-NI: several GiB/s) under a key derived from the token.  A
+peer without the token can connect, but every frame it sends fails its tag
+and is dropped unread; it cannot read or forge a frame.  Refusals are logged by the authenticator
 and by the socket monitor (for peers that fail before the key check).
 Local traffic (ipc, in a mode 0700 session directory) needs no token.
 """
@@ -59,7 +66,7 @@ class Keys:
     """Both key pairs of a cluster, derived from its token."""
 
     def __init__(self, token: str) -> None:
-        token = check_token(token)
+        token = self.token = check_token(token)
         self.server_secret = _secret(token, b"server")
         self.server_public = zmq.curve_public(self.server_secret)
         self.peer_secret = _secret(token, b"peer")
@@ -76,6 +83,57 @@ class Keys:
         sock.setsockopt(zmq.CURVE_SERVERKEY, self.server_public)
         sock.setsockopt(zmq.CURVE_SECRETKEY, self.peer_secret)
         sock.setsockopt(zmq.CURVE_PUBLICKEY, self.peer_public)
+
+
+class SealError(ValueError):
+    """A sealed message that does not open: not made with this cluster's token,
+    tampered with, or not sealed at all."""
+
+
+class Sealer:
+    """Authenticated encryption of whole messages (AES-256-GCM, key from the token).
+
+    A sealed message is ``[nonce, *frames]``, each frame encrypted on its own
+    (bulk frames are never joined into one buffer) under the nonce's prefix
+    and its index, with the index and the number of frames as associated
+    data: frames cannot be swapped, dropped or moved between messages.
+    """
+
+    _AAD = b"zray transfer"
+
+    def __init__(self, token: str) -> None:
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+        key = hashlib.sha256(b"zray bulk " + bytes.fromhex(check_token(token))).digest()
+        self.aead = AESGCM(key)
+
+    def seal(self, frames: list) -> list:
+        prefix = os.urandom(8)
+        count = len(frames)
+        return [prefix, *(self.aead.encrypt(self._nonce(prefix, i), frame, self._aad(i, count))
+                          for i, frame in enumerate(frames))]
+
+    def open(self, frames: list) -> list:
+        """The frames of a sealed message (bytes), or SealError."""
+        from cryptography.exceptions import InvalidTag
+
+        if len(frames) < 2 or len(frames[0]) != 8:
+            raise SealError(f"not a sealed message ({len(frames)} frames)")
+        prefix, count = bytes(frames[0]), len(frames) - 1
+        try:
+            return [self.aead.decrypt(self._nonce(prefix, i), frame, self._aad(i, count))
+                    for i, frame in enumerate(frames[1:])]
+        except InvalidTag:
+            raise SealError("a frame failed its check: not sealed with this cluster's "
+                            "token, or altered on the way") from None
+
+    @staticmethod
+    def _nonce(prefix: bytes, index: int) -> bytes:
+        return prefix + index.to_bytes(4, "big")
+
+    @classmethod
+    def _aad(cls, index: int, count: int) -> bytes:
+        return cls._AAD + index.to_bytes(4, "big") + count.to_bytes(4, "big")
 
 
 class _PeerKeyCheck:
