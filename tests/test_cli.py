@@ -201,10 +201,12 @@ def test_workload_names_cover_the_brief():
     names = bw.workload_names(bw.QUICK)
     assert "put 100 MiB array" in names and "get 100 MiB array" in names
     assert "tasks with 10 MiB ref arg" in names and "tree reduce 256 x 1 MB" in names
-    assert names[-6:] == ["scaling: tasks async n=1,000", "scaling: tasks async n=10,000",
+    assert names[-8:] == ["scaling: tasks async n=1,000", "scaling: tasks async n=10,000",
                           "shutdown", "memory per queued task (n=100,000)",
                           "submit while queueing (n=100,000)",
-                          "shutdown with 100,000 tasks queued"]
+                          "shutdown with 100,000 tasks queued",
+                          "put 100 MiB array, first touch",
+                          "get 100 MiB array from another node"]
     full = bw.workload_names(bw.FULL)
     assert "scaling: tasks async n=100,000" in full
     assert "memory per queued task (n=1,000,000)" in full
@@ -409,6 +411,16 @@ def test_smoke_run_against_zray():
     assert len(logged) == len(records)
     memory = next(r for r in records if r["unit"] == "B/task")
     assert memory["count"] == bw.SMOKE.queued_tasks and "driver" in memory["by_role"]
+
+
+def test_nodes_benchmark_spreads_tasks_over_every_node():
+    from zray._private import bench_cluster
+
+    result = bench_cluster.run_nodes(zray, 3, tasks=300)
+    assert not zray.is_initialized()
+    assert result["tasks"] == 300 and sum(result["per_node"]) == 300
+    assert len(result["per_node"]) == 3 and min(result["per_node"]) > 0
+    assert result["tasks_per_s"] > 0 and result["head_cpu_share"] > 0
 
 
 def test_child_process_result_parses(tmp_path):

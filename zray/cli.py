@@ -37,8 +37,11 @@ def main() -> None:
                    "else this interpreter).")
 @click.option("--num-cpus", type=click.IntRange(min=1), default=2, show_default=True,
               help="num_cpus given to init() on both sides.")
+@click.option("--nodes", type=click.IntRange(min=2), default=None,
+              help="Instead: start this many node agents on this machine as one cluster "
+                   "(one CPU each) and measure SPREAD tasks over them (zray only).")
 def microbenchmark(quick: bool, compare: Optional[str], as_json: bool,
-                   ray_python: Optional[str], num_cpus: int) -> None:
+                   ray_python: Optional[str], num_cpus: int, nodes: Optional[int]) -> None:
     """Measure task, actor and object throughput and latency.
 
     Each system runs in a fresh child process; progress goes to stderr,
@@ -46,6 +49,8 @@ def microbenchmark(quick: bool, compare: Optional[str], as_json: bool,
     """
     from zray._private import microbenchmark as mb
 
+    if nodes:
+        sys.exit(mb.run_nodes(nodes, quick=quick, as_json=as_json, echo=click.echo))
     status = mb.run(quick=quick, compare=compare, as_json=as_json, ray_python=ray_python,
                     num_cpus=num_cpus, echo=click.echo)
     sys.exit(status)

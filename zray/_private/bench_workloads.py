@@ -58,9 +58,11 @@ def _load_sibling(name: str) -> Any:
 
 
 if __package__:  # imported as zray._private.bench_workloads
+    from . import bench_cluster as bc
     from . import bench_queued as bq
 else:  # loaded from its path (the Ray side) or run as a script
     bq = _load_sibling("bench_queued")
+    bc = _load_sibling("bench_cluster")
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -159,7 +161,7 @@ def workload_names(cfg: Config) -> List[str]:
         f"nested tasks (x{cfg.nested_children} children)",
         f"tree reduce {cfg.tree_leaves} x {_size(cfg.leaf_bytes)}",
         "wait loop (one at a time)",
-    ] + scaling + ["shutdown"] + bq.queued_names(cfg)
+    ] + scaling + ["shutdown"] + bq.queued_names(cfg) + bc.cluster_names(cfg)
 
 
 def init_kwargs(module_name: str, num_cpus: int) -> Dict[str, Any]:
@@ -523,6 +525,8 @@ def run_all(ray: Any, quick: bool = False, *, smoke: bool = False,
             return time.perf_counter() - start, "s", 1
         add(_record("shutdown", shutdown, "s"))
     for record in bq.queued_records(ray, cfg, init_kwargs(ray.__name__, num_cpus)):
+        add(record)
+    for record in bc.cluster_records(ray, cfg, init_kwargs(ray.__name__, num_cpus)):
         add(record)
     return records
 

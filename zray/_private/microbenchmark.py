@@ -336,6 +336,23 @@ def run(quick: bool = False, compare: Optional[str] = None, as_json: bool = Fals
     return status
 
 
+def run_nodes(nodes: int, quick: bool = False, as_json: bool = False, echo=print) -> int:
+    """``zray microbenchmark --nodes N``: N node agents on this machine, SPREAD tasks."""
+    import zray
+    from zray._private import bench_cluster
+
+    _say(f"zray microbenchmark: {nodes} nodes on this machine ...")
+    result = bench_cluster.run_nodes(zray, nodes, tasks=2000 if quick else 10_000)
+    if as_json:
+        echo(json.dumps(result, indent=2))
+        return 0
+    echo(f"{nodes} node agents on this machine, one CPU each: {result['tasks']:,} SPREAD "
+         f"tasks in {result['seconds']:.2f} s, {result['tasks_per_s']:,.0f} tasks/s; "
+         f"the head used {100 * result['head_cpu_share']:.0f}% of a CPU; tasks per node: "
+         f"{', '.join(map(str, result['per_node']))}")
+    return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """``--target X``: benchmark X in this process (what the children run);
     otherwise the whole comparison, as ``zray microbenchmark``."""
