@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 import threading
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -111,7 +112,8 @@ def init(address: Optional[str] = None, *, num_cpus: Optional[float] = None,
          _system_config: Optional[Dict[str, Any]] = None, _temp_dir: Optional[str] = None,
          **unknown: Any) -> ClientContext:
     """Start a single-node cluster in this process's care and connect to it, or
-    (with ``address``) join a running cluster.  Ray's parameters; those without
+    (with ``address``, else ``$ZRAY_ADDRESS`` as Ray reads ``RAY_ADDRESS``) join a running
+    cluster.  Ray's parameters; those without
     effect in zray are listed in the README ("Coming from Ray")."""
     global _context
     from zray._private.init_options import Settings
@@ -131,7 +133,7 @@ def init(address: Optional[str] = None, *, num_cpus: Optional[float] = None,
                             dashboard_host=dashboard_host, dashboard_port=dashboard_port)
         if configure_logging:
             set_up_logging(logging_level, logging_format)
-        address = address or redis_address
+        address = address or redis_address or os.environ.get("ZRAY_ADDRESS") or None
         if address is not None and address != "local":
             settings.check_connecting()
             _context = _connect(address, settings, num_cpus=num_cpus, num_gpus=num_gpus,
@@ -140,6 +142,11 @@ def init(address: Optional[str] = None, *, num_cpus: Optional[float] = None,
             _context = _start_local(settings, num_cpus=num_cpus, num_gpus=num_gpus,
                                     resources=resources,
                                     object_store_memory=object_store_memory)
+        try:  # the job's working_dir and py_modules: packed and put now
+            settings.ship_runtime_env(connecting=address is not None and address != "local")
+        except BaseException:
+            shutdown()
+            raise
         return _context
 
 
@@ -262,6 +269,8 @@ def shutdown() -> None:
     """Disconnect, and stop every process ``init`` started."""
     global _session, _context
     with _lock:
+        from zray._private.runtime_env import resolve
+        resolve.reset()  # the job's packages: their refs go before the client
         client, state.client = state.client, None
         if client is not None:
             client.close()

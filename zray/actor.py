@@ -34,11 +34,13 @@ from typing import Any, Callable, Dict, Optional
 from zray import exceptions
 from zray._private import ids, protocol, signature, state
 from zray._private.names import anonymous_namespace
+from zray._private.runtime_env import resolve as runtime_env
 from zray._private.options import (
-    ACTOR_OPTIONS, METHOD_OPTIONS, run_settings, resource_demand, retry_exceptions_wire,
+    ACTOR_OPTIONS, METHOD_OPTIONS, run_settings, runtime_env_of, retry_exceptions_wire,
     strategy_wire, validate_options,
 )
 from zray.object_ref import ObjectRef, ObjectRefGenerator
+from zray.util.placement_group import actor_demand, captured_actor_strategy
 
 #: Methods every actor has, as in Ray: wait until it is up; end it after queued calls.
 BUILTIN_METHODS = ("__ray_ready__", "__ray_terminate__")
@@ -247,6 +249,7 @@ class ActorClass:
     def _create(self, args: Any, kwargs: Any, options: Dict[str, Any]) -> "ActorHandle":
         client = _client_or_init()
         self._check_args(args, kwargs)
+        options = captured_actor_strategy(options)  # a creator in a group may capture it
         name = options.get("name")
         if options.get("get_if_exists") and not name:
             raise ValueError(f"{self._name}: get_if_exists=True needs a name")
@@ -257,7 +260,7 @@ class ActorClass:
         actor_id = ids.new_id()
         spec = protocol.task_spec(
             task_id=ids.new_id(), job_id=client.job_id, name=f"{self._name}.__init__",
-            function_id=fid, resources=resource_demand(options, default_cpus=0),
+            function_id=fid, resources=actor_demand(options, self._name),
             max_retries=0, args=args_part, actor_id=actor_id, new_actor=True,
             max_restarts=options.get("max_restarts", 0),
             max_concurrency=options.get("max_concurrency") or (1000 if self._async else 1),
@@ -267,6 +270,9 @@ class ActorClass:
             detached=options.get("lifetime") == "detached",
             scheduling_strategy=strategy_wire(options.get("scheduling_strategy")),
             **run_settings(options))
+        env = runtime_env_of(options)
+        if env is not None or runtime_env.active():
+            runtime_env.attach(spec, env)  # the actor's, over the job's
         if name:
             # Claim the name before anything runs, so a clash fails here.
             existing = client.reserve_name(

@@ -296,7 +296,7 @@ def _state(kind: str, address: Optional[str], **question) -> dict:
 
 @main.command("list")
 @click.argument("kind", type=click.Choice(["tasks", "actors", "objects", "nodes", "workers",
-                                           "jobs"]))
+                                           "jobs", "placement-groups"]))
 @click.option("--filter", "filters", multiple=True, metavar="KEY=VALUE",
               help="Keep rows whose KEY is (=) or is not (!=) VALUE; repeatable.")
 @click.option("--limit", type=click.IntRange(min=0), default=100, show_default=True)
@@ -305,7 +305,7 @@ def _state(kind: str, address: Optional[str], **question) -> dict:
 @click.option("--detail", is_flag=True, help="Every field (tasks: their events too).")
 @_address_option
 def list_(kind, filters, limit, fmt, detail, address) -> None:
-    """List the cluster's tasks, actors, objects, nodes, workers or jobs."""
+    """List the cluster's tasks, actors, objects, nodes, workers, jobs or placement groups."""
     from zray._private import state_cli
     from zray._private.observe import tables
 
@@ -313,6 +313,12 @@ def list_(kind, filters, limit, fmt, detail, address) -> None:
         parsed = [tables.parse_filter(f) for f in filters]
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--filter")
+    if kind == "placement-groups":   # kept by the head's scheduler, asked through a node
+        from zray.util.state import api
+
+        rows = api.list_placement_groups(address, filters=parsed, limit=limit)
+        click.echo(state_cli.format_rows("placement_groups", rows, len(rows), fmt))
+        return
     reply = _state(kind, address, filters=parsed, limit=limit, detail=detail)
     click.echo(state_cli.format_rows(kind, reply.get("rows", []), reply.get("total", 0),
                                      "json" if detail and fmt == "table" else fmt))
@@ -394,6 +400,10 @@ def logs(which, pid, follow, tail) -> None:
         except KeyboardInterrupt:
             pass
 
+
+from zray._private.job_cli import job as _job  # noqa: E402  (`zray job submit/logs/...`)
+
+main.add_command(_job)
 
 if __name__ == "__main__":
     main(prog_name="zray")

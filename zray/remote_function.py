@@ -23,9 +23,12 @@ import inspect
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from zray._private import ids, protocol, signature, state
+from zray._private.runtime_env import resolve as runtime_env
 from zray.object_ref import ObjectRefGenerator
+from zray.util.placement_group import captured_call
 from zray._private.options import (  # noqa: F401  (the option table, public here)
-    ACTOR_OPTIONS, ALIASES, TASK_OPTIONS, Option, run_settings, check_names, defaults,
+    ACTOR_OPTIONS, ALIASES, TASK_OPTIONS, Option, run_settings, runtime_env_of, check_names,
+    defaults,
     resource_demand, retry_exceptions_wire, strategy_wire, validate_options,
 )
 
@@ -35,7 +38,8 @@ _NO_BINDER: Any = False   # the signature could not be read: arguments are not c
 class _Call:
     """Everything fixed about calls with one set of options, computed once."""
 
-    __slots__ = ("num_returns", "demand", "max_retries", "extra", "name", "streaming")
+    __slots__ = ("num_returns", "demand", "max_retries", "extra", "name", "streaming",
+                 "runtime_env")
 
     def __init__(self, options: Dict[str, Any], default_name: str,
                  is_generator: bool = False) -> None:
@@ -47,6 +51,8 @@ class _Call:
         self.num_returns = 1 if generator else num_returns
         self.streaming = generator == "streaming"
         demand = resource_demand(merged)
+        if hasattr(merged["scheduling_strategy"], "demand_in_group"):  # a placement group's
+            demand = merged["scheduling_strategy"].demand_in_group(demand, default_name)
         # The spec leaves the default demand out (see protocol.TaskSpec.resources).
         self.demand: Optional[Dict[str, float]] = None if demand == {"CPU": 1.0} else demand
         self.max_retries = merged["max_retries"]
@@ -64,6 +70,7 @@ class _Call:
         if strategy is not None:
             extra["scheduling_strategy"] = strategy
         extra.update(run_settings(merged))
+        self.runtime_env = runtime_env_of(merged)  # put on each spec with the job's
         if generator:
             extra["generator"] = generator
         self.extra = extra
@@ -151,6 +158,8 @@ class RemoteFunction:
             from zray import _auto_init
             client = _auto_init()
         self._check_args(args, kwargs)
+        if state.worker is not None and "scheduling_strategy" not in call.extra:
+            call = captured_call(call)  # a parent in a placement group may capture it
         fid = self._export(client)
         args_part, keep = client.encode_args(args, kwargs, call.name)
         extra = call.extra
@@ -161,6 +170,8 @@ class RemoteFunction:
             task_id=ids.new_id(), job_id=client.job_id, name=call.name, function_id=fid,
             num_returns=call.num_returns, resources=call.demand, max_retries=call.max_retries,
             args=args_part, **extra)
+        if call.runtime_env is not None or runtime_env.active():
+            runtime_env.attach(spec, call.runtime_env)
         refs = client.submit(spec)
         del keep
         if call.streaming:

@@ -30,6 +30,7 @@ from typing import Any, Callable, Dict, List, Optional
 from zray import exceptions
 from zray._private import protocol, streaming
 from zray._private.protocol import Op
+from zray._private.runtime_env import resolve
 
 
 #: How long an actor that exited waits for the agent to end its process.
@@ -89,6 +90,7 @@ class ActorHost:
         self.class_name = spec.get("class_name", cls.__name__)
         if spec.get("env_vars"):
             os.environ.update(spec["env_vars"])  # for the actor's whole life
+            resolve.inherit_env_vars(spec["env_vars"])  # ... and its calls' own tasks
         try:
             self.instance = cls(*args, **kwargs)
         except BaseException as exc:

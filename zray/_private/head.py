@@ -39,10 +39,12 @@ from typing import Any, Dict, List, Optional
 
 import zmq
 
-from zray._private import protocol, ratelog, scheduling, validate
+from zray._private import bundles, protocol, ratelog, scheduling, validate
 from zray._private.names import ActorNames
+from zray._private.head_pgs import PlacementGroups
 from zray._private.head_records import Directory, NodeEntry, Placed
 from zray._private.head_state import ClusterState, StateVerbs
+from zray._private.head_jobs import JobManager
 from zray._private.protocol import ObjectKind, Op
 
 logger = logging.getLogger("zray.head")
@@ -73,6 +75,7 @@ class Head(StateVerbs):
         self.dashboard: Any = None
         self.next_refresh = 0.0
         self.spread_counts: Dict[bytes, int] = {}   # SPREAD tasks given to each node
+        self.pgs = PlacementGroups(self)           # placement groups (head_pgs)
         self.seq = 0
         self.running = True
         self.starter_fd = -1      # a pipe to the process that started us (see main)
@@ -87,6 +90,8 @@ class Head(StateVerbs):
                          Op.KILL_ACTOR: self.on_kill_actor, Op.LOG: self.on_log,
                          Op.EVENTS: self.on_events, Op.JOB_ENDED: self.on_job_ended,
                          Op.OBJECT_COPIES: self.on_object_copies}
+        self.jobs = JobManager(self.reply, addresses, token, self.handlers)  # TCP heads' jobs
+        self.handlers.update(self.pgs.handlers())
 
     # ------------------------------------------------------------------ sockets
     def bind(self) -> None:
@@ -125,6 +130,7 @@ class Head(StateVerbs):
                           if a.startswith("ipc://")]
 
     def close(self) -> None:
+        self.jobs.stop_all()  # no job outlives its head
         if self.dashboard is not None:
             self.dashboard.stop()
             self.dashboard = None
@@ -164,6 +170,8 @@ class Head(StateVerbs):
                 self.poll_once(100)
                 self.purge_expired()
                 now = time.monotonic()
+                self.pgs.tick(now)
+                self.jobs.poll(now)
                 for late in self.state.expired(now):
                     self.answer_state(late)
                 if self.dashboard is not None:
@@ -291,6 +299,7 @@ class Head(StateVerbs):
         logger.warning("node %s missed %d heartbeats: marked dead", node.node_id.hex()[:8],
                        protocol.HEARTBEAT_LIVENESS)
         self.directory.drop_node(node.node_id)
+        self.pgs.node_died(node.node_id)
         self.names.drop_node(node.node_id, {aid for aid, where in self.actors.items()
                                             if where == node.node_id})
         self.publish(protocol.TOPIC_NODE, Op.PUB_NODE, {"event": "died", "node_id": node.node_id})
@@ -352,6 +361,9 @@ class Head(StateVerbs):
             target = scheduling.choose_node([self.nodes[exclude].load_view()], placed.demand)
         if target is None:
             self.unplaced.append(placed)
+            if bundles.mentions_group(placed.demand):
+                self.pgs.unplaced(placed)  # waits for its group (fails if there is none)
+                return
             need = ", ".join(f"{k}: {v:g}" for k, v in
                              sorted(scheduling.from_units(placed.demand).items()))
             self.to_node(placed.origin, Op.TASK_UNPLACEABLE, {
@@ -440,6 +452,7 @@ class Head(StateVerbs):
         for tid in [t for t, p in self.placed.items() if p.task.get("job_id") == job]:
             del self.placed[tid]
         self.unplaced = [p for p in self.unplaced if p.task.get("job_id") != job]
+        self.pgs.job_ended(job)
 
     def on_head_query(self, ident: bytes, body: protocol.HeadQuery, raw) -> None:
         what = body.get("what", "nodes")
@@ -519,6 +532,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         head.tell_starter(f"bound {head.pub_address}")
     if args.dashboard:
         head.start_dashboard(args.dashboard, args.session_dir)
+    head.jobs.start(args.session_dir)
     head.serve()
 
 

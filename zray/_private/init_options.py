@@ -4,6 +4,8 @@
 wrong with it (ValueError/TypeError on the caller's line), and applies the
 parts that act on the driver process itself: logging, the environment the
 session's processes start with (``runtime_env`` ``env_vars``, ``_temp_dir``),
+the job's runtime environment (:meth:`Settings.ship_runtime_env`: explicit,
+else the JobConfig's, else ``ZRAY_JOB_RUNTIME_ENV`` from ``zray job submit``),
 and which output reaches the driver.  Parameters zray accepts without effect
 are listed in the README ("Coming from Ray").  It starts nothing itself.
 """
@@ -16,10 +18,10 @@ import os
 from collections.abc import Mapping
 from typing import Any, Dict, Iterator, Optional, Tuple
 
+from zray._private.runtime_env import resolve
+
 logger = logging.getLogger("zray")
 
-#: runtime_env keys zray understands (the others are refused, never ignored).
-RUNTIME_ENV_KEYS = ("env_vars", "working_dir", "config")
 
 _handler: Optional[logging.Handler] = None   # the one handler init added, if any
 
@@ -34,8 +36,12 @@ class Settings:
                  dashboard_port: Optional[int] = None) -> None:
         job_namespace, job_env = job_config_fields(job_config)
         self.namespace = check_namespace(namespace if namespace is not None else job_namespace)
-        self.runtime_env = dict(runtime_env if runtime_env is not None else job_env or {})
-        self.env_vars = check_runtime_env(self.runtime_env)
+        if runtime_env is None:
+            runtime_env = job_env
+        if runtime_env is None:
+            runtime_env = resolve.job_env_from_environment()
+        self.runtime_env = resolve.check(runtime_env, "zray.init")
+        self.env_vars: Dict[str, str] = dict(self.runtime_env.get("env_vars", {}))
         self.labels = check_labels(labels)
         if system_config is not None and not isinstance(system_config, Mapping):
             raise TypeError(f"zray.init: _system_config must be a dict, got "
@@ -51,15 +57,19 @@ class Settings:
         if self.dashboard:
             raise ValueError("zray.init(address=...): a running cluster's dashboard is its "
                              "head's (`zray head` serves one; see --dashboard-port)")
-        if self.env_vars or self.runtime_env.get("working_dir") is not None:
-            raise ValueError(
-                "zray.init(address=...): runtime_env applies to the workers zray.init starts; "
-                "a running cluster's workers started already (set env_vars in the environment "
-                "of `zray head` / `zray worker` instead)")
         if self.labels:
             raise ValueError("zray.init(address=...) connects to a running cluster, whose "
                              "nodes were given their labels when they started; do not pass "
                              "labels")
+
+    def ship_runtime_env(self, connecting: bool) -> None:
+        """The job's runtime_env, for every task and actor this driver submits
+        (its folders packed and put now).  A session ``init`` starts has its
+        env_vars already: they are in its processes' environment."""
+        env = self.runtime_env
+        if not connecting:
+            env = {k: v for k, v in env.items() if k != "env_vars"}
+        resolve.set_job_env(env)
 
     def environment(self) -> Dict[str, str]:
         """Variables the session's processes (and so its workers) start with."""
@@ -103,30 +113,6 @@ def check_namespace(namespace: Any) -> Optional[str]:
     if not isinstance(namespace, str) or not namespace:
         raise TypeError(f"zray.init: namespace must be a non-empty string, got {namespace!r}")
     return namespace
-
-
-def check_runtime_env(runtime_env: Mapping) -> Dict[str, str]:
-    """The env_vars of a runtime_env; refuses what zray cannot provide."""
-    if not isinstance(runtime_env, Mapping):
-        raise TypeError(f"zray.init: runtime_env must be a dict, got "
-                        f"{type(runtime_env).__name__}")
-    unsupported = sorted(k for k in runtime_env if k not in RUNTIME_ENV_KEYS)
-    if unsupported:
-        raise ValueError(f"zray.init: runtime_env {', '.join(map(repr, unsupported))} is not "
-                         f"supported; zray runs every task in the driver's Python environment "
-                         f"(supported: {', '.join(RUNTIME_ENV_KEYS)})")
-    working_dir = runtime_env.get("working_dir")
-    if working_dir is not None and (not isinstance(working_dir, str) or
-                                    os.path.realpath(working_dir) != os.path.realpath(".")):
-        raise ValueError(f"zray.init: runtime_env working_dir must be the driver's current "
-                         f"directory (the workers' own), got {working_dir!r}: zray does not "
-                         f"upload directories")
-    env_vars = runtime_env.get("env_vars") or {}
-    if not isinstance(env_vars, Mapping) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in env_vars.items()):
-        raise TypeError(f"zray.init: runtime_env env_vars must be a dict of str to str, "
-                        f"got {env_vars!r}")
-    return dict(env_vars)
 
 
 def check_labels(labels: Any) -> Dict[str, str]:

@@ -12,16 +12,18 @@ What zray does with the options Ray has and a single process cannot see:
 ``memory`` is a schedulable amount (the nodes' ``memory`` resource);
 ``accelerator_type`` is demanded as Ray does, a sliver of the resource
 ``accelerator_type:<name>``, so it runs only where a node declares that;
-``runtime_env`` applies its ``env_vars`` around the call (for an actor, for
-its life) and accepts its other keys without effect; ``concurrency_groups``
+``runtime_env`` is checked here and built on the nodes (see
+:mod:`zray._private.runtime_env`): ``env_vars`` around the call (for an actor,
+for its life), ``working_dir``, ``py_modules`` and ``pip`` in workers kept
+per environment; ``concurrency_groups``
 give each group of a threaded or async actor its own threads or limit.
 A generator function's ``num_returns`` defaults to ``"streaming"``, as in Ray.
 
 The rest turns checked options into what a task spec carries: the resource
 demand (:func:`resource_demand`), the scheduling strategy's wire form
 (:func:`strategy_wire`), ``retry_exceptions`` (:func:`retry_exceptions_wire`),
-and ``env_vars``/``concurrency_groups`` (:func:`run_settings`).  Pure: nothing
-here talks to the cluster.
+``concurrency_groups`` (:func:`run_settings`) and the checked ``runtime_env``
+(:func:`runtime_env_of`).  Pure: nothing here talks to the cluster.
 """
 
 from __future__ import annotations
@@ -94,9 +96,13 @@ def _concurrency_groups(v: Any) -> bool:
 
 
 def _runtime_env(v: Any) -> bool:
-    env_vars = (v or {}).get("env_vars") or {}
-    return isinstance(env_vars, dict) and all(
-        isinstance(k, str) and isinstance(x, str) for k, x in env_vars.items())
+    from zray._private.runtime_env import resolve
+
+    try:
+        resolve.check(v, "option 'runtime_env'")
+    except TypeError as exc:  # a bad value inside the dict: a ValueError, naming the key
+        raise ValueError(str(exc)) from None
+    return True
 
 
 def _pending_calls(v: int) -> bool:
@@ -117,10 +123,16 @@ _MEMORY = Option("memory", (int, float, _NONE), _not_negative, None,
 _ACCELERATOR = Option("accelerator_type", (str, _NONE), _non_empty, None,
                       "an accelerator type's name")
 _RUNTIME_ENV = Option("runtime_env", (dict, _NONE), _runtime_env, None,
-                      "a dict (its env_vars: a dict of str to str)")
+                      "a dict (env_vars, working_dir, py_modules, pip, excludes, config)")
 _STRATEGY = Option("scheduling_strategy", None, _is_strategy, None,
                    "'DEFAULT', 'SPREAD' or a scheduling strategy object")
 _NAME = Option("name", (str, _NONE), None, None, "a string")
+# Ray's older way to name a placement group: made into a scheduling_strategy.
+_PLACEMENT = (
+    Option("placement_group", None, lambda v: v is None or v == "default"
+           or type(v).__name__ == "PlacementGroup", None, "a PlacementGroup or None"),
+    Option("placement_group_bundle_index", (int,), _at_least(-1), -1, "an int >= -1"),
+    Option("placement_group_capture_child_tasks", (bool, _NONE), None, None, "a bool"))
 _NUM_RETURNS = Option("num_returns", (int, str), _num_returns, 1,
                       f"an int from 0 to {protocol.MAX_RETURNS:,}, 'streaming' or 'dynamic'")
 _RETRY_EXCEPTIONS = Option("retry_exceptions", (bool, list, tuple), _retry_exceptions, False,
@@ -131,7 +143,7 @@ TASK_OPTIONS: Dict[str, Option] = _table(
     Option("max_calls", (int,), _at_least(0), 0, "a non-negative int (0: no limit)"),
     Option("max_retries", (int,), _at_least(-1), protocol.DEFAULT_MAX_RETRIES,
            "an int >= -1 (-1: retry forever)"),
-    _RETRY_EXCEPTIONS, _RUNTIME_ENV, _STRATEGY, _NAME,
+    _RETRY_EXCEPTIONS, _RUNTIME_ENV, _STRATEGY, _NAME, *_PLACEMENT,
 )
 
 ACTOR_OPTIONS: Dict[str, Option] = _table(
@@ -148,7 +160,7 @@ ACTOR_OPTIONS: Dict[str, Option] = _table(
     Option("get_if_exists", (bool,), None, False, "a bool"),
     Option("concurrency_groups", (dict, _NONE), _concurrency_groups, None,
            "a dict of group name to its number of threads (>= 1)"),
-    _RUNTIME_ENV, _STRATEGY,
+    _RUNTIME_ENV, _STRATEGY, *_PLACEMENT,
 )
 
 METHOD_OPTIONS: Dict[str, Option] = _table(
@@ -185,6 +197,10 @@ def validate_options(options: Mapping[str, Any], table: Dict[str, Option],
             out.get("num_cpus"), out.get("num_gpus"), out.get("resources"), where=where)
         if "memory" in (out.get("resources") or {}):
             raise ValueError(f"{where}: use the memory option instead of resources['memory']")
+    if "placement_group" in out:
+        from zray.util.placement_group import legacy_strategy
+
+        legacy_strategy(out, where)
     return out
 
 
@@ -245,9 +261,19 @@ def retry_exceptions_wire(value: Any) -> Any:
     return cloudpickle.dumps(tuple(value), protocol=5)
 
 
+def runtime_env_of(options: Mapping[str, Any]) -> Optional[Dict[str, Any]]:
+    """The checked ``runtime_env`` of checked options; None when none is set (the
+    job's, if any, still applies: ``runtime_env.resolve.attach``)."""
+    env = options.get("runtime_env")
+    if not env or all(k in ("env_vars", "config") for k in env):
+        return None  # env_vars alone travel in the spec's own field (run_settings)
+    return env  # checked with the options; prepared (and cached) by its identity
+
+
 def run_settings(options: Mapping[str, Any]) -> Dict[str, Any]:
     """The spec fields ``runtime_env``'s ``env_vars`` and an actor's
-    ``concurrency_groups`` become, only those that are set."""
+    ``concurrency_groups`` become, only those that are set (the rest of a
+    ``runtime_env`` goes on the spec at submission: :func:`runtime_env_of`)."""
     fields: Dict[str, Any] = {}
     env_vars = dict((options.get("runtime_env") or {}).get("env_vars") or {})
     if env_vars:

@@ -301,7 +301,8 @@ def choose_by_strategy(
     ever run it; otherwise a soft affinity is placed as usual and a hard one
     raises Unschedulable.  ``["SPREAD"]`` goes to the feasible node that has
     been given the fewest spread tasks so far (``spread_counts``, updated
-    here), the least loaded first among equals.  Anything else: choose_node.
+    here), the least loaded first among equals.  Anything else: choose_node (a task in
+    a placement group, ``["PG", ...]``, demands its group's resources: see bundles.py).
     """
     kind = strategy[0] if strategy else "DEFAULT"
     if kind == "NODE":

@@ -24,6 +24,8 @@ COLUMNS: Dict[str, List[str]] = {
               "object_store_capacity", "workers", "running", "queued"],
     "workers": ["worker_id", "pid", "state", "task", "actor_id", "node_id"],
     "jobs": ["job_id", "status", "driver_pid", "tasks", "start_time", "end_time"],
+    "placement_groups": ["placement_group_id", "name", "state", "strategy", "bundles",
+                         "is_detached"],
 }
 KINDS = tuple(COLUMNS)
 

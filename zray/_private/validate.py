@@ -52,7 +52,7 @@ ID_SIZES: Dict[str, frozenset] = {
     "to_node": _ID, "job_id": _ID_OR_EMPTY, "function_id": _ID_OR_EMPTY,
     "object_id": _OBJECT, "object_ids": _OBJECT, "anchor": _OBJECT, "args_object": _OBJECT,
     "deps": _OBJECT, "contained": _OBJECT, "sealed": _OBJECT, "freed": _OBJECT,
-    "holds": _OBJECT,
+    "holds": _OBJECT, "pg_id": _ID, "bundle_nodes": _ID_OR_EMPTY,
 }
 #: Maps keyed by object IDs, and the size of the node IDs listed in their values.
 KEY_SIZES: Dict[str, frozenset] = {"inline": _OBJECT, "locations": _OBJECT,
@@ -71,6 +71,7 @@ BOUNDS: Dict[str, Tuple[int, int]] = {
     "collect": _COUNT, "req": _COUNT, "seq": _COUNT, "epoch": _COUNT, "pid": _COUNT,
     "queued": _COUNT, "running": _COUNT, "workers": _COUNT, "actors": _COUNT,
     "frame": (0, MAX_FRAMES), "function_frame": (0, MAX_FRAMES),
+    "attempt": _COUNT, "index": (0, MAX_ITEMS), "indexes": (0, MAX_ITEMS),
 }
 #: Int fields that name one of the message's raw frames.
 FRAME_FIELDS = frozenset({"frame", "function_frame"})
@@ -83,6 +84,7 @@ LIST_LIMITS: Dict[str, int] = {"lines": 1 << 40}
 
 #: Fields handlers need from records declared ``total=False``.
 REQUIRED: Dict[Any, Tuple[str, ...]] = {
+    protocol.RuntimeEnvSpec: ("key",),
     protocol.TaskSpec: ("task_id", "function_id"),
     protocol.Descriptor: ("object_id", "kind", "layout"),
     protocol.Fetch: ("object_ids",),
@@ -108,6 +110,7 @@ BATCHED = frozenset({Op.TASK_DONE, Op.EXECUTE, Op.OBJECT})
 #: How many raw frames an op may carry; every other op carries none.
 FRAMES: Dict[Op, Tuple[int, int]] = {
     Op.EXPORT: (1, 1), Op.EVENTS: (0, 1), Op.CHUNK: (0, 1), Op.PUT: (0, MAX_ITEMS),
+    Op.JOB_SUBMIT: (0, 1), Op.JOB_REPLY: (0, 1),   # a working_dir archive; log bytes
     **{op: (0, MAX_FRAMES) for op in (Op.TASK_DONE, Op.YIELDED, Op.OBJECT, Op.EXECUTE,
                                       Op.FORWARD, Op.RESULT)}}
 
@@ -426,14 +429,20 @@ def check_layout(value: list, nraw: int) -> None:
 
 
 def check_strategy(value: list, nraw: int) -> None:
-    """``["SPREAD"]``, ``["DEFAULT"]`` or ``["NODE", node_id, soft]``."""
+    """``["SPREAD"]``, ``["DEFAULT"]``, ``["NODE", node_id, soft]`` or
+    ``["PG", pg_id, bundle_index, capture_child_tasks]``."""
     kind = value[0] if value else None
     if kind in ("SPREAD", "DEFAULT") and len(value) == 1:
+        return
+    if kind == "PG" and len(value) == 4 and type(value[1]) is bytes \
+            and len(value[1]) == ids.ID_SIZE and type(value[2]) is int \
+            and -1 <= value[2] <= MAX_ITEMS and type(value[3]) is bool:
         return
     if kind == "NODE" and len(value) == 3 and type(value[1]) is bytes \
             and len(value[1]) <= 64 and type(value[2]) is bool:
         return
-    raise Refused(f'expected ["SPREAD"] or ["NODE", node_id, soft], got {value!r:.60}')
+    raise Refused(f'expected ["SPREAD"], ["NODE", node_id, soft] or ["PG", pg_id, index, '
+                  f'capture], got {value!r:.60}')
 
 
 def check_filters(value: list, nraw: int) -> None:
@@ -453,6 +462,20 @@ SHAPES: Dict[str, Check] = {"scheduling_strategy": check_strategy, "filters": ch
 def _spec_facts(spec: dict, nraw: int) -> None:
     if "actor_id" not in spec and spec.get("new_actor"):
         raise Refused("missing (an actor's creation task needs one)", "actor_id")
+    packages = spec.get("runtime_env", {}).get("packages", ())
+    if len(packages) > len(spec.get("deps", ())):
+        raise Refused(f"{len(packages)} packages but fewer deps to carry them", "runtime_env")
+
+
+def _runtime_env_facts(env: dict, nraw: int) -> None:
+    """Its key and packages' digests are hex hashes: they name folders on the nodes."""
+    if not protocol.is_hex_hash(env["key"], (32, 64)):
+        raise Refused(f"expected a hex hash, got {env['key']!r:.40}", "key")
+    for i, package in enumerate(env.get("packages", ())):
+        if package["kind"] not in protocol.RUNTIME_ENV_KINDS or \
+                not protocol.is_hex_hash(package["digest"], (64,)):
+            raise Refused(f"expected a known kind and a sha256, got {package!r:.80}", i,
+                          "packages")
 
 
 def _descriptor_facts(desc: dict, nraw: int) -> None:
@@ -475,6 +498,7 @@ def _node_row_facts(row: dict, nraw: int) -> None:
 
 
 POST_CHECKS: Dict[Any, Check] = {protocol.TaskSpec: _spec_facts,
+                                 protocol.RuntimeEnvSpec: _runtime_env_facts,
                                  protocol.Descriptor: _descriptor_facts,
                                  NodeRow: _node_row_facts}
 

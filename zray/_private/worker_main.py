@@ -23,6 +23,11 @@ It reaches the agent only through the client's public verbs and the
 handlers it registers with ``Client.listen``; it must not touch the
 client's socket, outbox or object tables.
 
+A worker started for a runtime environment sets it up at its first task
+(:class:`~zray._private.runtime_env.setup.Environment`); one whose environment
+has ``pip`` is told so on its spawn line and execs that environment's
+interpreter (``--worker``) before it connects.
+
 A task that raises an exception its ``retry_exceptions`` names is reported
 ``retryable`` (the agent runs it again while its retries last); an ``async
 def`` task runs on the worker's event loop.
@@ -50,6 +55,8 @@ from zray._private.actor_worker import ActorExit, ActorHost
 from zray._private.client import Client, Descriptor, decode_args
 from zray._private.options import apply_env, restore_env
 from zray._private.protocol import ObjectKind, Op
+from zray._private.runtime_env import resolve as runtime_env_resolve
+from zray._private.runtime_env import setup as runtime_env_setup
 
 
 # ---------------------------------------------------------------------- template
@@ -101,10 +108,11 @@ def template_main(agent_address: str) -> None:
                 *lines, pending = pending.split(b"\n")
                 for line in lines:
                     parts = line.decode().split()
-                    if len(parts) == 2 and parts[0] == "spawn":
+                    if len(parts) in (2, 3) and parts[0] == "spawn":
                         pid = os.fork()
                         if pid == 0:
-                            _child(agent_address, bytes.fromhex(parts[1]), wake_r, wake_w)
+                            _child(agent_address, bytes.fromhex(parts[1]), wake_r, wake_w,
+                                   parts[2] if len(parts) == 3 else "")
                         children.add(pid)
                         report(f"spawned {parts[1]} {pid}")
             reap()
@@ -129,7 +137,8 @@ def _describe_status(status: int) -> str:
     return f"exit-{os.WEXITSTATUS(status)}"
 
 
-def _child(agent_address: str, worker_id: bytes, wake_r: int, wake_w: int) -> None:
+def _child(agent_address: str, worker_id: bytes, wake_r: int, wake_w: int,
+           pip_env: str = "") -> None:
     code = 0
     try:
         signal.set_wakeup_fd(-1)
@@ -143,6 +152,8 @@ def _child(agent_address: str, worker_id: bytes, wake_r: int, wake_w: int) -> No
         os.close(devnull)
         os.dup2(2, 1)  # the template's stdout is the agent's pipe: not for us
         sys.stdin = open(os.devnull)
+        if pip_env:  # a runtime_env with pip: its virtualenv's interpreter, if it builds
+            runtime_env_setup.switch_interpreter(pip_env, agent_address, worker_id)
         worker_loop(agent_address, worker_id)
     except BaseException:
         traceback.print_exc()
@@ -212,6 +223,7 @@ class Worker:
         self.blocked_count = 0   # BLOCKED messages sent: older tasks sent ahead were taken back
         self.skip: set = set()   # tasks sent ahead and cancelled before they started
         self.next_up: Optional[bytes] = None   # the task about to start (see loop)
+        self.environment = runtime_env_setup.Environment()  # its runtime_env, if any
         client.listen(Op.EXECUTE, self.on_execute)
         client.listen(Op.EXIT, self.on_exit)
         # After the reader steps down: a KeyboardInterrupt must not land in
@@ -332,6 +344,8 @@ class Worker:
                 fn, args, kwargs = self.prepare(spec, body, raw)
                 env = spec.get("env_vars") if not spec.get("new_actor") else None
                 before = apply_env(env) if env else None
+                if env:  # what the call submits inherits them
+                    inherited = runtime_env_resolve.inherit_env_vars(env)
                 try:
                     value = fn(*args, **kwargs)
                     if inspect.iscoroutine(value):
@@ -341,6 +355,7 @@ class Worker:
                 finally:
                     if before is not None:
                         restore_env(before)
+                        runtime_env_resolve.inherit_env_vars(inherited)
             finally:
                 self.flush_output()
         except KeyboardInterrupt:
@@ -365,6 +380,9 @@ class Worker:
         client = self.client
         pinned = client.adopt_pins(body.get("args", ()))
         try:
+            renv = spec.get("runtime_env")
+            if renv is not None:  # set up at the first task; its packages are no arguments
+                body = self.environment.enter(renv, body, client, raw)
             if "method" in spec:
                 fn = self.host.method(spec)
             elif spec.get("new_actor"):
@@ -552,8 +570,13 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--template", action="store_true")
     parser.add_argument("--agent", required=True)
     parser.add_argument("--node", default="")
+    parser.add_argument("--worker", default="", help="run as this worker (a runtime_env's "
+                        "interpreter, exec'd by a forked child)")
     args = parser.parse_args(argv)
-    template_main(args.agent)
+    if args.worker:
+        worker_loop(args.agent, bytes.fromhex(args.worker))
+    else:
+        template_main(args.agent)
 
 
 if __name__ == "__main__":

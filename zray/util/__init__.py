@@ -12,6 +12,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Dict, List, Union
 
 from zray._private.lazy import lazy_getattr
+# Bound here, after the submodule: ``zray.util.placement_group`` is the function, as in Ray.
+from zray.util.placement_group import (  # noqa: F401
+    PlacementGroup, get_current_placement_group, get_placement_group, placement_group,
+    placement_group_table, remove_placement_group,
+)
 
 if TYPE_CHECKING:
     from zray.util.actor_pool import ActorPool
@@ -27,7 +32,7 @@ _LAZY = {
     "deregister_serializer": "zray.util.serialization",
 }
 _SUBMODULES = ("actor_pool", "queue", "scheduling_strategies", "serialization", "helpers",
-               "check_serialize", "state")
+               "check_serialize", "state", "dask")
 
 
 __getattr__ = lazy_getattr(__name__, _LAZY, _SUBMODULES)
@@ -62,4 +67,5 @@ def get_node_ip_address() -> str:
 
 __all__ = ["ActorPool", "as_completed", "map_unordered", "list_named_actors",
            "inspect_serializability", "register_serializer", "deregister_serializer",
-           "get_node_ip_address"]
+           "get_node_ip_address", "PlacementGroup", "placement_group", "remove_placement_group",
+           "placement_group_table", "get_placement_group", "get_current_placement_group"]

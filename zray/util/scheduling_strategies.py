@@ -6,13 +6,14 @@
 
 Besides these classes, ``scheduling_strategy`` takes the strings ``"DEFAULT"``
 and ``"SPREAD"``.  Each class says how it travels in a task spec with
-``to_wire()`` (see ``protocol.TaskSpec.scheduling_strategy``).  Placement
-groups are not supported.
+``to_wire()`` (see ``protocol.TaskSpec.scheduling_strategy``).  A
+``PlacementGroupSchedulingStrategy`` also changes what the task demands: the
+resources of its group's bundles (see ``demand_in_group``).
 """
 
 from __future__ import annotations
 
-from typing import Any, List
+from typing import Any, Dict, List, Optional
 
 
 class NodeAffinitySchedulingStrategy:
@@ -54,4 +55,65 @@ class NodeAffinitySchedulingStrategy:
         return f"NodeAffinitySchedulingStrategy(node_id={self.node_id!r}, soft={self.soft})"
 
 
-__all__ = ["NodeAffinitySchedulingStrategy"]
+class PlacementGroupSchedulingStrategy:
+    """Run in a placement group: in bundle ``placement_group_bundle_index`` (-1: any
+    bundle).  With ``placement_group_capture_child_tasks``, tasks and actors this one
+    submits without a strategy of their own go in the same group."""
+
+    def __init__(self, placement_group: Any, placement_group_bundle_index: int = -1,
+                 placement_group_capture_child_tasks: Optional[bool] = None) -> None:
+        from zray.util.placement_group import PlacementGroup
+
+        if not isinstance(placement_group, PlacementGroup):
+            raise TypeError(f"PlacementGroupSchedulingStrategy: placement_group must be a "
+                            f"PlacementGroup, got {type(placement_group).__name__}")
+        index = placement_group_bundle_index
+        if isinstance(index, bool) or not isinstance(index, int) or index < -1:
+            raise ValueError(f"PlacementGroupSchedulingStrategy: placement_group_bundle_index "
+                             f"must be an int >= -1, got {index!r}")
+        known = placement_group._bundles
+        if known is not None and index >= len(known):
+            raise ValueError(f"placement_group_bundle_index {index} is out of range: the "
+                             f"placement group has {len(known)} bundle(s)")
+        self.placement_group = placement_group
+        self.placement_group_bundle_index = index
+        self.placement_group_capture_child_tasks = placement_group_capture_child_tasks
+
+    def to_wire(self) -> List[Any]:
+        return ["PG", self.placement_group.id.binary(), self.placement_group_bundle_index,
+                bool(self.placement_group_capture_child_tasks)]
+
+    def demand_in_group(self, demand: Dict[str, float], where: str) -> Dict[str, float]:
+        """What a task or actor needing ``demand`` asks for in this group (the group's
+        named resources); ValueError if its bundle could never hold it."""
+        from zray._private import bundles, state
+
+        pg, index = self.placement_group, self.placement_group_bundle_index
+        known = pg._bundles
+        if known is None and state.client is not None:
+            known = pg.bundle_specs  # asked of the head once (a handle from elsewhere)
+        if known and index >= len(known):
+            raise ValueError(f"placement_group_bundle_index {index} is out of range: the "
+                             f"placement group has {len(known)} bundle(s)")
+        if known and not bundles.fits_bundle(demand, known, index):
+            which = f"bundle {index}" if index >= 0 else "any bundle"
+            raise ValueError(
+                f"{where} cannot be scheduled in placement group {pg.id.hex()[:8]}: it needs "
+                f"{demand}, more than {which} of the group has ({known})")
+        return bundles.task_demand(demand, pg.id.hex(), index)
+
+    def __eq__(self, other: Any) -> bool:
+        return isinstance(other, PlacementGroupSchedulingStrategy) \
+            and other.to_wire() == self.to_wire()
+
+    def __hash__(self) -> int:
+        return hash(tuple(self.to_wire()))
+
+    def __repr__(self) -> str:
+        return (f"PlacementGroupSchedulingStrategy(placement_group={self.placement_group!r}, "
+                f"placement_group_bundle_index={self.placement_group_bundle_index}, "
+                f"placement_group_capture_child_tasks="
+                f"{self.placement_group_capture_child_tasks})")
+
+
+__all__ = ["NodeAffinitySchedulingStrategy", "PlacementGroupSchedulingStrategy"]

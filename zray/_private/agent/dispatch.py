@@ -63,6 +63,7 @@ class Dispatcher:
         self.offload: Optional[Callable[[Task, int], bool]] = None
         self.on_actor_started: Callable[[Task, WorkerRec], None] = lambda task, worker: None
         self.on_running: Callable[[Task, WorkerRec], None] = lambda task, worker: None
+        self.group_missing: Callable[[Task], None] = lambda task: None  # placement groups'
 
     # ------------------------------------------------------------------ queues
     def missing(self, task: Task) -> dict:
@@ -84,11 +85,20 @@ class Dispatcher:
         if task in self.infeasible:
             self.infeasible.remove(task)
 
+    def retry_infeasible(self) -> None:
+        """The node's totals grew (a placement group's bundle): queue what fits now."""
+        waiting, self.infeasible = self.infeasible, []
+        for task in waiting:
+            self.enqueue(task)
+
     def queued(self) -> int:
         return sum(len(q) for q in self.queues.values()) + len(self.infeasible)
 
     def warn_infeasible(self, task: Task, missing: dict) -> None:
         key = (task.name, task.shape)
+        if any("_group_" in name for name in missing):
+            self.group_missing(task)  # its placement group is not reserved here (yet)
+            return
         if key in self.warned:
             return
         self.warned.add(key)
@@ -130,11 +140,14 @@ class Dispatcher:
                     if assigned is None:
                         break
                     gpu_ids = assigned
-                worker = self.workers.idle_worker()
+                env = task.spec.get("runtime_env")  # its own workers (see agent/envs.py)
+                worker = self.workers.idle_worker(env)
                 if worker is None:
                     resources.release_gpus(gpu_ids, task.gpus if gpu_ids else 0)
-                    self.workers.want(len(queue))
-                    return
+                    self.workers.want(len(queue), env)
+                    if env is None:
+                        return
+                    break
                 queue.popleft()
                 self.run(task, worker, gpu_ids)
 

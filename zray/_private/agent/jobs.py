@@ -43,8 +43,8 @@ class Jobs:
         """A driver is gone: its refs go, and its job's tasks and actors, on every node."""
         self.drop_client(client.ident)
         self.ended({"job_id": client.job, "reason": why})
-        if self.clustered:
-            self.wire.send_head(Op.JOB_ENDED, {"job_id": client.job, "reason": why})
+        # The head hears even on a single node: it releases the job's placement groups.
+        self.wire.send_head(Op.JOB_ENDED, {"job_id": client.job, "reason": why})
 
     def ended(self, body: dict, raw: Any = ()) -> None:
         """End a job's work here (its driver's node says so, through the head)."""

@@ -44,6 +44,7 @@ import zmq
 from zray import exceptions
 from zray._private import protocol, ratelog, security, validate
 from zray._private.agent.actors import ActorTable
+from zray._private.agent.bundles import Bundles
 from zray._private.agent.cluster import ClusterLink, HeadLink, cluster_resources
 from zray._private.agent.dispatch import Dispatcher
 from zray._private.agent.jobs import Jobs
@@ -123,6 +124,8 @@ class Agent:
         self.actors = ActorTable(self.tasks, self.objects, self.workers, self.dispatcher,
                                  self.wire, node_id)
         self.head = HeadLink(self.wire, self.node_info, self.load_info)
+        self.bundles = Bundles(node_id, self.resources, self.tasks, self.actors,
+                               self.dispatcher, self.head, self.wire)
         self.recorder = Recorder(node_id, self.wire, self.objects, events_limit())
         self.jobs = Jobs(self.tasks, self.actors, self.wire, self.clients, self.drop_client,
                          clustered=self.keys is not None)
@@ -157,6 +160,7 @@ class Agent:
         tasks.admit_actor_task = actors.admit
         tasks.call_ready = actors.call_ready
         dispatcher.on_actor_started = actors.started
+        dispatcher.group_missing = self.bundles.group_missing
         recorder = self.recorder
         if recorder.enabled:
             tasks.on_submitted = lambda task: recorder.submitted(
@@ -200,6 +204,7 @@ class Agent:
             Op.UNPIN: objects.on_unpin,
             Op.EXPORT: tasks.on_export, Op.SUBMIT: self.on_submit, Op.CANCEL: tasks.on_cancel,
             Op.KILL: actors.on_kill, Op.RESERVE_NAME: actors.on_reserve_name,
+            Op.PG_REQUEST: self.bundles.on_request,
         }
 
     def from_head_handlers(self) -> dict:
@@ -207,7 +212,7 @@ class Agent:
                     Op.HEARTBEAT_ACK: self.head.on_heartbeat_ack,
                     Op.HEAD_REPLY: self.head.on_head_reply,
                     Op.COLLECT: self.recorder.on_collect,
-                    Op.JOB_ENDED: self.jobs.ended,
+                    Op.JOB_ENDED: self.jobs.ended, **self.bundles.head_handlers(),
                     Op.LOG: lambda body, raw: self.on_log(b"", body, raw)}
         cluster = self.cluster
         if cluster is not None:
@@ -334,6 +339,7 @@ class Agent:
                 now = time.monotonic()
                 self.head.tick(now)
                 self.recorder.tick(now)
+                self.workers.tick(now)
                 if now >= next_parent:
                     next_parent = now + PARENT_CHECK_INTERVAL
                     if self.parent_pid and os.getppid() != self.parent_pid:

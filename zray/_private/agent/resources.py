@@ -25,10 +25,20 @@ def demand_of(resources: Optional[dict]) -> tuple:
     known = _demands.get(key)
     if known is None:
         demand = scheduling.to_units(resources)
-        known = (demand, float(resources.get("GPU", 0)), tuple(sorted(demand.items())))
+        known = (demand, gpus_of(resources), tuple(sorted(demand.items())))
         if len(_demands) < 10_000:  # bounded: resource specs are few in practice
             _demands[key] = known
     return known
+
+
+def gpus_of(resources: dict) -> float:
+    """GPUs a task gets ids for: ``GPU``, or its placement group bundle's GPUs (the
+    bundle reserved them; their ids are handed out when a task runs)."""
+    gpus = resources.get("GPU", 0)
+    if not gpus:
+        gpus = next((amount for name, amount in resources.items()
+                     if name.startswith("GPU_group_")), 0)
+    return float(gpus)
 
 
 class NodeResources:
@@ -68,3 +78,44 @@ class NodeResources:
 
     def as_amounts(self) -> Dict[str, float]:
         return scheduling.from_units(self.available)
+
+    # ------------------------------------------------------------ placement group bundles
+    def reserve(self, demand: Dict[str, int]) -> bool:
+        """Take a bundle out of the free pool if it fits now (a PREPARE)."""
+        if not scheduling.fits(self.available, demand):
+            return False
+        scheduling.acquire(self.available, demand)
+        return True
+
+    def unreserve(self, demand: Dict[str, int]) -> None:
+        scheduling.release(self.available, demand)
+
+    def add_named(self, amounts: Dict[str, float]) -> None:
+        """A committed bundle's resources, named after its group: new totals here."""
+        units = scheduling.to_units(amounts)
+        scheduling.release(self.total, units)
+        scheduling.release(self.available, units)
+        declared = dict(self.declared)
+        for name, amount in amounts.items():
+            declared[name] = round(declared.get(name, 0) + amount, scheduling.PRECISION)
+        self.declared = declared
+        self.missing_by_shape.clear()
+
+    def remove_named(self, amounts: Dict[str, float]) -> None:
+        """A released bundle's named resources go (tasks still holding some give
+        them back to a name nobody asks for any more)."""
+        units = scheduling.to_units(amounts)
+        scheduling.acquire(self.total, units)
+        scheduling.acquire(self.available, units)
+        declared = dict(self.declared)
+        for name, amount in amounts.items():
+            left = round(declared.get(name, 0) - amount, scheduling.PRECISION)
+            if left > 0:
+                declared[name] = left
+            else:
+                declared.pop(name, None)
+        for table in (self.total, self.available):
+            for name in [n for n in units if table.get(n, 0) <= 0 and n in table]:
+                del table[name]
+        self.declared = declared
+        self.missing_by_shape.clear()

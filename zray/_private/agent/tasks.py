@@ -59,6 +59,8 @@ class Task:
         self.owner = owner
         self.job: bytes = spec.get("job_id", b"")
         self.demand, self.gpus, self.shape = demand_of(spec.get("resources"))
+        if "runtime_env" in spec:  # queued and sent ahead apart from other environments
+            self.shape = (self.shape, spec["runtime_env"]["key"])
         self.state = WAITING
         self.worker: Any = None
         retries = int(spec.get("max_retries", protocol.DEFAULT_MAX_RETRIES))
@@ -380,6 +382,25 @@ class TaskTable:
                 task.state = FINISHED  # queues skip it lazily
                 self.finish_with_error(task, exceptions.TaskCancelledError(
                     f"task {task.name} was cancelled: {why}"))
+                ended += 1
+            elif task.state is RUNNING and not task.cancelled and task.actor is None:
+                task.cancelled = True
+                if task.worker is not None:
+                    self.interrupt(task, True)
+                ended += 1
+        return ended
+
+    def end_matching(self, match: Callable[[Task], bool], why: str) -> int:
+        """End the tasks ``match`` picks (a removed placement group's): those not
+        started fail, running ones are cancelled.  Returns how many."""
+        ended = 0
+        for task in [t for t in self.tasks.values() if match(t)]:
+            if task.state is WAITING or task.state is QUEUED or task.state is REMOTE:
+                self.unwait(task)
+                self.dequeue(task)
+                task.state = FINISHED  # queues skip it lazily
+                self.finish_with_error(task, exceptions.TaskUnschedulableError(
+                    f"task {task.name} cannot run: {why}"))
                 ended += 1
             elif task.state is RUNNING and not task.cancelled and task.actor is None:
                 task.cancelled = True

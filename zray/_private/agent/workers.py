@@ -6,7 +6,9 @@
           ◀─stdout: "spawned <id> <pid>" / "exited <pid> <status>"  (read_template)
 
 A worker is STARTING until its HELLO, then IDLE or BUSY; an actor's worker
-is ACTOR for the actor's life; RETIRING once told to EXIT.  The template
+is ACTOR for the actor's life; RETIRING once told to EXIT.  A worker started
+for a runtime environment (``env``: its key) runs only that environment's
+work; its idle list and retirement are :class:`~zray._private.agent.envs.EnvWorkers`'.  The template
 reports every exit at once, so a crash is seen without a heartbeat timeout;
 the pool tells ``on_worker_died``.
 
@@ -29,6 +31,7 @@ import time
 from typing import Any, Callable, Deque, Dict, List, Optional
 
 from zray._private import ids
+from zray._private.agent.envs import EnvWorkers, spawn_line
 from zray._private.protocol import Op
 
 logger = logging.getLogger("zray.node")
@@ -45,10 +48,11 @@ class WorkerState(enum.Enum):
 
 class WorkerRec:
     __slots__ = ("wid", "pid", "state", "task", "holding", "gpu_ids", "functions", "calls",
-                 "blocked", "actor", "backlog", "epoch")
+                 "blocked", "actor", "backlog", "epoch", "env")
 
-    def __init__(self, wid: bytes) -> None:
+    def __init__(self, wid: bytes, env: str = "") -> None:
         self.wid = wid
+        self.env = env                    # the runtime environment's key; "": the default
         self.pid = 0
         self.state = WorkerState.STARTING
         self.task: Any = None
@@ -78,6 +82,7 @@ class WorkerPool:
         self.by_pid: Dict[int, WorkerRec] = {}
         self.idle: List[WorkerRec] = []
         self.starting = 0
+        self.envs = EnvWorkers()
         self.template: Any = None
         self.template_buf = b""
         # Listeners, set by the agent.
@@ -107,11 +112,15 @@ class WorkerPool:
         os.set_blocking(proc.stdout.fileno(), False)
         return proc
 
-    def spawn(self) -> None:
+    def spawn(self, env: Optional[dict] = None) -> None:
         wid = ids.new_id()
-        self.workers[wid] = WorkerRec(wid)
-        self.starting += 1
-        line = f"spawn {wid.hex()}\n".encode()
+        if env is None:
+            self.workers[wid] = WorkerRec(wid)
+            self.starting += 1
+        else:
+            self.workers[wid] = WorkerRec(wid, env["key"])
+            self.envs.spawned(env["key"])
+        line = spawn_line(wid, env).encode()
         try:
             self.template.stdin.write(line)
             self.template.stdin.flush()
@@ -161,17 +170,27 @@ class WorkerPool:
         worker.pid = pid
         self.by_pid[pid] = worker
         worker.state = WorkerState.IDLE
+        if worker.env:
+            self.envs.not_starting(worker.env)
+            self.envs.make_idle(worker)
+            return worker
         self.starting = max(0, self.starting - 1)
         self.idle.append(worker)
         return worker
 
-    def want(self, wanted: int) -> None:
+    def want(self, wanted: int, env: Optional[dict] = None) -> None:
         """Start as many as could run now, but never a storm: forks are cheap,
         idle interpreters are not."""
+        if env is not None:
+            for _ in range(self.envs.to_start(env["key"], wanted, self.resources.cpus())):
+                self.spawn(env)
+            return
         for _ in range(min(wanted, self.resources.cpus(), 32) - self.starting):
             self.spawn()
 
-    def idle_worker(self) -> Optional[WorkerRec]:
+    def idle_worker(self, env: Optional[dict] = None) -> Optional[WorkerRec]:
+        if env is not None:
+            return self.envs.take(env["key"], WorkerState.IDLE)
         while self.idle:
             worker = self.idle.pop()
             if worker.state is WorkerState.IDLE:
@@ -208,7 +227,15 @@ class WorkerPool:
 
     def make_idle(self, worker: WorkerRec) -> None:
         worker.state = WorkerState.IDLE
-        self.idle.append(worker)
+        if worker.env:
+            self.envs.make_idle(worker)
+        else:
+            self.idle.append(worker)
+
+    def tick(self, now: float) -> None:
+        """Retire runtime-environment workers idle for too long."""
+        for worker in self.envs.expired(now, WorkerState.IDLE):
+            self.retire(worker)
 
     def retire(self, worker: WorkerRec) -> None:
         worker.state = WorkerState.RETIRING
@@ -226,7 +253,10 @@ class WorkerPool:
         self.workers.pop(worker.wid, None)
         self.by_pid.pop(worker.pid, None)
         if worker.state is WorkerState.STARTING:
-            self.starting = max(0, self.starting - 1)
+            if worker.env:
+                self.envs.not_starting(worker.env)
+            else:
+                self.starting = max(0, self.starting - 1)
         worker.state = WorkerState.DEAD
         self.on_worker_died(worker, status)
 

@@ -26,7 +26,8 @@ This package is the one place that says what a message is, and it holds the
 constants both ends of a connection must agree on: the op codes and constants
 here, each op's record in a module by who talks (``local``: client and node
 agent, with the task spec and object descriptor; ``cluster``: node agent and
-head, node and node, the PUB channel), all read as ``protocol.<Name>``.  It imports nothing from
+head, node and node, the PUB channel; ``placement``: placement groups), all read
+as ``protocol.<Name>``.  It imports nothing from
 the rest of zray but the IDs (:mod:`zray._private.ids`).
 """
 
@@ -112,6 +113,23 @@ class Op(enum.IntEnum):
     PUB_NODE = 80       # a node joined or died
     PUB_OBJECT = 81     # objects sealed on a node, or freed everywhere
 
+    # placement groups (records in placement.py)
+    PG_REQUEST = 90     # create, remove, list, look up or wait for groups (client -> agent -> head)
+    PG_REPLY = 91       # its answer (head -> agent -> client)
+    BUNDLES_PREPARE = 92    # take bundles out of the free pool if they fit (head -> agent)
+    BUNDLES_PREPARED = 93   # whether they did (agent -> head)
+    BUNDLES_COMMIT = 94     # prepared bundles become the group's resources (head -> agent)
+    BUNDLES_RELEASE = 95    # give bundles back (head -> agent)
+
+    # job submission: a client with the cluster token <-> head (see jobs.py)
+    JOB_SUBMIT = 100    # run an entrypoint on the head's machine (raw[0]: its working_dir)
+    JOB_INFO = 101
+    JOB_LOGS = 102      # a job's output from an offset
+    JOB_STOP = 103
+    JOB_LIST = 104
+    JOB_DELETE = 105
+    JOB_REPLY = 106
+
 
 _OPS = {int(op): op for op in Op}
 
@@ -119,6 +137,9 @@ _OPS = {int(op): op for op in Op}
 
 from zray._private.protocol.local import *  # noqa: E402,F401,F403
 from zray._private.protocol.cluster import *  # noqa: E402,F401,F403
+from zray._private.protocol.placement import *  # noqa: E402,F401,F403
+from zray._private.protocol.runtime_env import *  # noqa: E402,F401,F403
+from zray._private.protocol.jobs import *  # noqa: E402,F401,F403
 
 
 #: The body declared for each op (BLOCKED, UNBLOCKED, BYE and EXIT carry nothing;
@@ -138,6 +159,11 @@ BODIES: Dict[Op, Any] = {
     Op.OBJECTS_FREED: ObjectsFreed, Op.KILL_ACTOR: KillActor, Op.PULL: PullRequest,
     Op.CHUNK: Chunk, Op.PUB_NODE: PubNode, Op.PUB_OBJECT: PubObject, Op.EVENTS: Events,
     Op.COLLECT: Collect, Op.JOB_ENDED: JobEnded, Op.OBJECT_COPIES: ObjectCopies,
+    Op.PG_REQUEST: PgRequest, Op.PG_REPLY: PgReply, Op.BUNDLES_PREPARE: BundlesPrepare,
+    Op.BUNDLES_PREPARED: BundlesPrepared, Op.BUNDLES_COMMIT: BundlesCommit,
+    Op.BUNDLES_RELEASE: BundlesRelease,
+    Op.JOB_SUBMIT: JobSubmit, Op.JOB_INFO: JobRef, Op.JOB_LOGS: JobLogs, Op.JOB_STOP: JobRef,
+    Op.JOB_LIST: JobList, Op.JOB_DELETE: JobRef, Op.JOB_REPLY: JobReply,
 }
 
 

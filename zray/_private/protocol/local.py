@@ -7,6 +7,7 @@ import enum
 from typing import Any, Dict, List, Optional, Tuple, TypedDict
 
 from zray._private.ids import object_id
+from zray._private.protocol.runtime_env import RuntimeEnvSpec
 
 DEFAULT_MAX_RETRIES = 3         # retries after a task's worker (or node) died, unless told
 
@@ -74,6 +75,7 @@ class TaskSpec(TypedDict, total=False):
     concurrency_groups: Dict[str, int]  # an actor's: group name -> calls at once
     concurrency_group: str      # an actor call's group, over its method's own
     generator: str              # "streaming" (items: results 1, 2, ...; result 0: the count)
+    runtime_env: RuntimeEnvSpec  # working_dir, py_modules, pip: built per node, by key
 
 
 _TASK_FIELDS = frozenset(TaskSpec.__annotations__)

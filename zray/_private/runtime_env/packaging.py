@@ -15,10 +15,20 @@ import os
 import shutil
 import tempfile
 import zipfile
-from typing import Iterable, Iterator, NamedTuple, Sequence, Tuple
+from typing import Iterable, Iterator, NamedTuple, Optional, Sequence, Tuple
 
-#: The largest archive a job may ship (ZRAY_RUNTIME_ENV_MAX_BYTES overrides).
-MAX_PACKAGE_BYTES = int(os.environ.get("ZRAY_RUNTIME_ENV_MAX_BYTES", 100 * 1024 * 1024))
+#: The largest archive a job may ship (ZRAY_RUNTIME_ENV_MAX_BYTES overrides, read
+#: when a folder is packed).
+MAX_PACKAGE_BYTES = 100 * 1024 * 1024
+
+
+def max_package_bytes() -> int:
+    text = os.environ.get("ZRAY_RUNTIME_ENV_MAX_BYTES")
+    try:
+        return int(text) if text else MAX_PACKAGE_BYTES
+    except ValueError:
+        raise PackageError(f"ZRAY_RUNTIME_ENV_MAX_BYTES must be a number of bytes, "
+                           f"got {text!r}") from None
 
 _FIXED_TIME = (1980, 1, 1, 0, 0, 0)
 _SKIPPED_DIRS = ("__pycache__", ".git")
@@ -65,8 +75,11 @@ def _relative(root: str, folder: str, name: str) -> str:
 
 
 def pack(path: str, excludes: Iterable[str] = (), what: str = "working_dir",
-         limit: int = MAX_PACKAGE_BYTES) -> Package:
-    """The archive of a folder (its contents at the archive's top) or of a .zip file."""
+         limit: Optional[int] = None, prefix: str = "") -> Package:
+    """The archive of a folder (its contents at the archive's top, or in a folder
+    ``prefix`` there) or of a .zip file (as it is)."""
+    if limit is None:
+        limit = max_package_bytes()
     if not isinstance(path, (str, os.PathLike)):
         raise PackageError(f"runtime_env {what} must be a path, got {type(path).__name__}")
     path = os.path.abspath(os.fspath(path))
@@ -74,7 +87,7 @@ def pack(path: str, excludes: Iterable[str] = (), what: str = "working_dir",
         with open(path, "rb") as f:
             data = f.read()
     elif os.path.isdir(path):
-        data = _zip_folder(path, list(excludes), what, limit)
+        data = _zip_folder(path, list(excludes), what, limit, prefix)
     elif os.path.exists(path):
         raise PackageError(f"runtime_env {what} {path!r} is neither a folder nor a .zip file")
     else:
@@ -86,7 +99,8 @@ def pack(path: str, excludes: Iterable[str] = (), what: str = "working_dir",
     return Package(hashlib.sha256(data).hexdigest(), data)
 
 
-def _zip_folder(root: str, patterns: Sequence[str], what: str, limit: int) -> bytes:
+def _zip_folder(root: str, patterns: Sequence[str], what: str, limit: int,
+                prefix: str = "") -> bytes:
     buffer = io.BytesIO()
     total = 0
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
@@ -97,7 +111,7 @@ def _zip_folder(root: str, patterns: Sequence[str], what: str, limit: int) -> by
                                    f"{4 * limit / 2**20:.0f} MiB of files, over the "
                                    f"{limit / 2**20:.0f} MiB limit: leave them out with "
                                    f"'excludes'")
-            info = zipfile.ZipInfo(relative, _FIXED_TIME)
+            info = zipfile.ZipInfo(f"{prefix}/{relative}" if prefix else relative, _FIXED_TIME)
             info.external_attr = (0o755 if os.access(full, os.X_OK) else 0o644) << 16
             info.compress_type = zipfile.ZIP_DEFLATED
             with open(full, "rb") as f:

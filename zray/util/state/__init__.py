@@ -9,10 +9,11 @@ cluster on this machine or at ``address``.  See :mod:`zray.util.state.api`.
 
 from zray.util.state.api import (  # noqa: F401
     StateRow, get_actor, get_job, get_node, get_objects, get_task, get_worker, list_actors,
-    list_jobs, list_nodes, list_objects, list_tasks, list_workers, summarize_actors,
-    summarize_objects, summarize_tasks,
+    list_jobs, list_nodes, list_objects, list_placement_groups, list_tasks, list_workers,
+    summarize_actors, summarize_objects, summarize_tasks,
 )
 
 __all__ = ["StateRow", "get_actor", "get_job", "get_node", "get_objects", "get_task",
-           "get_worker", "list_actors", "list_jobs", "list_nodes", "list_objects", "list_tasks",
+           "get_worker", "list_actors", "list_jobs", "list_nodes", "list_objects",
+           "list_placement_groups", "list_tasks",
            "list_workers", "summarize_actors", "summarize_objects", "summarize_tasks"]

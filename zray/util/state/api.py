@@ -121,6 +121,23 @@ def list_jobs(address: Optional[str] = None, filters: Any = None,
     return _rows("jobs", address=address, filters=filters, limit=limit, timeout=timeout)
 
 
+def list_placement_groups(address: Optional[str] = None, filters: Any = None,
+                          limit: int = DEFAULT_LIMIT, timeout: float = 30.0,
+                          detail: bool = False, **_: Any) -> List[StateRow]:
+    """The cluster's placement groups (asked of the head through this driver's node;
+    with no session, through a driver connected for the question)."""
+    from zray._private.observe import tables
+    from zray.util.placement_group import state_rows
+
+    if session.client is None:
+        import zray
+
+        with zray.init(address=address or "auto", log_to_driver=False):
+            return list_placement_groups(filters=filters, limit=limit, timeout=timeout)
+    rows = tables.apply_filters(state_rows(), [tuple(f) for f in _wire_filters(filters)])
+    return [StateRow(row) for row in tables.limit_rows(rows, limit)]
+
+
 def _one(kind: str, key: str, value: str, address: Optional[str],
          timeout: float) -> Optional[StateRow]:
     rows = _rows(kind, address=address, filters=[(key, "=", value)], limit=1, detail=True,
