@@ -1,14 +1,16 @@
 """Objects: ray.put stores a value and returns a ref; ray.get turns refs back into values.
 
 Objects are immutable once stored. get blocks until the object exists, and
-accepts a single ref or a list of refs; a timeout bounds the wait.
+accepts a single ref or a list of refs; a timeout bounds the wait. The
+session starts as the documents of that time started it: ten workers, killed
+when the interpreter exits.
 """
 
 import time
 
 import zray as ray
 
-ray.init()
+ray.services.start_ray_local(num_workers=10)
 
 # put/get of a string and a list.
 x_id = ray.put("example")

@@ -46,7 +46,8 @@ _LAZY = {
     "timeline": "zray.util.state.api",
     "visualize_computation_graph": "zray.util.state.api",
 }
-_SUBMODULES = ("actor", "object_ref", "remote_function", "cli", "util", "runtime_context")
+_SUBMODULES = ("actor", "object_ref", "remote_function", "cli", "util", "runtime_context",
+               "services")
 
 
 __getattr__ = lazy_getattr(__name__, _LAZY, _SUBMODULES)

@@ -32,7 +32,7 @@ _LAZY = {
     "deregister_serializer": "zray.util.serialization",
 }
 _SUBMODULES = ("actor_pool", "queue", "scheduling_strategies", "serialization", "helpers",
-               "check_serialize", "state", "dask")
+               "check_serialize", "state", "dask", "futures", "multiprocessing", "joblib")
 
 
 __getattr__ = lazy_getattr(__name__, _LAZY, _SUBMODULES)
