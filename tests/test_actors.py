@@ -57,6 +57,12 @@ def unique(prefix):
 # ------------------------------------------------------------------ actor classes
 
 
+@zray.remote(num_cpus=1)
+class Heavy:
+    def ping(self):
+        return "pong"
+
+
 @zray.remote
 class Counter:
     def __init__(self, start=0):
@@ -614,6 +620,21 @@ def test_kill_makes_later_calls_fail(cluster):
     wait_pid_gone(pid)
     with pytest.raises(exceptions.ActorDiedError):
         zray.get(counter.inc.remote())
+
+
+def test_an_actor_killed_before_it_came_up_gives_its_cpu_back(cluster):
+    wait_until(lambda: available_cpu() == 4, "the node to be idle")
+    before_placed = Heavy.remote()           # killed right after .remote()
+    zray.kill(before_placed)
+    running = [Heavy.remote() for _ in range(4)]
+    zray.get([h.ping.remote() for h in running])
+    waiting = Heavy.remote()                 # no CPU free: waits, then is killed
+    zray.kill(waiting)
+    with pytest.raises(exceptions.ActorDiedError):
+        zray.get(waiting.ping.remote(), timeout=30)
+    for handle in running:
+        zray.kill(handle)
+    wait_until(lambda: available_cpu() == 4, "every CPU back")
 
 
 def test_kill_rejects_non_handles(cluster):

@@ -590,6 +590,21 @@ def test_the_directory_lists_pulled_copies_and_a_copy_freed_never_frees_the_obje
     assert int(zray.get(x, timeout=30)[-1]) == 1_999_999    # the owner still has it
 
 
+def test_calls_made_while_an_actor_moves_to_another_node_follow_it(cluster):
+    """A saturated node hands an actor's creation to an idle node; the calls made
+    to it before it moved go there too (they used to wait forever)."""
+    @zray.remote(num_cpus=1)
+    class Where:
+        def node(self):
+            return zray.get_runtime_context().get_node_id()
+
+    actors = [Where.remote() for _ in range(3)]
+    nodes = zray.get([a.node.remote() for a in actors], timeout=60)
+    assert len(set(nodes)) == 3
+    for actor in actors:
+        zray.kill(actor)
+
+
 def test_killed_node_is_detected_and_its_work_redone(cluster, tmp_path):
     started = tmp_path / "started"
     release = tmp_path / "release"

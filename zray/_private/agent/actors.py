@@ -119,9 +119,15 @@ class ActorTable:
         task.actor = actor
         return None
 
-    def moved_away(self, task: Task) -> None:
-        """The creation task was forwarded: the actor will live on another node."""
+    def moved_away(self, task: Task) -> List[Task]:
+        """The creation task was forwarded: the actor will live on another node.
+        Returns the calls made meanwhile that are ready to follow it there, in
+        order (those still waiting for arguments follow it when they have them)."""
         actor = task.actor
+        calls = [call for call in actor.queue if call.state is QUEUED]
+        for call in actor.queue:
+            call.actor = None
+        actor.queue.clear()
         self.actors.pop(actor.aid, None)
         self.anchors.pop(actor.anchor, None)
         self.remote.add(actor.aid)
@@ -131,6 +137,7 @@ class ActorTable:
         if actor.detached:
             self.objects.decref(actor.anchor)
         task.actor = None
+        return calls
 
     def started(self, task: Task, worker: WorkerRec) -> None:
         """Its creation task went to ``worker``, which is the actor's from now on."""
@@ -202,6 +209,11 @@ class ActorTable:
             self.retire(actor)
 
     def created(self, worker: WorkerRec, actor: ActorRec, task: Task, body: dict, raw) -> None:
+        if actor.state is ActorState.DEAD:
+            # Killed while it was being made: never alive. Its worker's exit gives
+            # back what the actor holds and fails the creation (worker_died).
+            self.workers.kill(worker)
+            return
         worker.task = None
         worker.state = WorkerState.ACTOR
         task.worker = None

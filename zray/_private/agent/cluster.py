@@ -255,10 +255,12 @@ class ClusterLink:
             obj = self.objects.get(oid)
             if obj is not None:
                 obj.exported = True  # the copy kept there goes when it is freed here
-        if task.actor is not None and task.creates_actor:
-            self.actors.moved_away(task)
+        moved = self.actors.moved_away(task) if task.actor is not None and \
+            task.creates_actor else ()
         task.state = REMOTE
         self.wire.send_head(Op.FORWARD, body, *frames)
+        for call in moved:   # calls made before it moved follow it, after it
+            self.tasks.send_away(call)
 
     def head_silent(self) -> None:
         """The head stopped answering: tasks this node handed on only because it was
