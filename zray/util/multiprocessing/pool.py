@@ -25,7 +25,6 @@ import itertools
 import logging
 import queue
 import threading
-import time
 from typing import Any, Callable, Deque, Dict, Iterable, Iterator, List, Optional, Tuple
 
 import zray
@@ -40,9 +39,6 @@ logger = logging.getLogger("zray.util.multiprocessing")
 #: Chunks sent to one actor before the first comes back, so it never idles
 #: while a result travels.
 IN_FLIGHT_PER_ACTOR = 2
-
-#: How long a new actor may take to come up before work is sent to it anyway.
-ALIVE_WAIT = 60.0
 
 _MAP, _STAR, _APPLY = "map", "star", "apply"
 
@@ -63,24 +59,6 @@ class PoolProcess:
 
 
 _PoolActor = zray.remote(PoolProcess)
-
-
-def await_alive(actors: List[Any], timeout: float = ALIVE_WAIT) -> None:
-    """Wait until the cluster lists ``actors`` as alive (or dead), ``timeout`` at most.
-
-    Two things make the pool wait for its actors before using them: a call sent
-    to an actor still being created on another node may never run, and an
-    actor killed before it is created keeps the CPU it was given.
-    """
-    from zray.util.state import list_actors
-
-    wanted = {actor._actor_id.hex() for actor in actors}
-    deadline = time.monotonic() + timeout
-    while wanted and time.monotonic() < deadline:
-        rows = list_actors(filters=[("class_name", "=", PoolProcess.__name__)], limit=100000)
-        wanted -= {row["actor_id"] for row in rows if row["state"] in ("ALIVE", "DEAD")}
-        if wanted:
-            time.sleep(0.02)  # polled: the state API has no way to wait for a change
 
 
 class _Source:
@@ -132,7 +110,6 @@ class _Dispatcher:
         self.slots = [_Slot() for _ in range(processes)]
         for slot in self.slots:
             slot.actor = make_actor()
-        await_alive([slot.actor for slot in self.slots])
         self.events: "queue.SimpleQueue[tuple]" = queue.SimpleQueue()
         self.sources: Deque[_Source] = collections.deque()
         self.jobs: Dict[int, Any] = {}  # unfinished jobs, by id
@@ -225,7 +202,6 @@ class _Dispatcher:
     def start_actor(self, slot: _Slot) -> None:
         slot.actor = self.make_actor()
         slot.given = 0
-        await_alive([slot.actor])
 
     def retire(self, slot: _Slot) -> None:
         if slot.actor is not None:
