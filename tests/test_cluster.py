@@ -603,6 +603,18 @@ def test_calls_made_while_an_actor_moves_to_another_node_follow_it(cluster):
     assert len(set(nodes)) == 3
     for actor in actors:
         zray.kill(actor)
+    assert eventually(lambda: zray.available_resources().get("CPU") == 3, 20)
+    # SPREAD sends every creation through the head, which places them over the
+    # nodes, this one included: the calls made meanwhile go where their actor went
+    # (back here too) and run there.
+    spread = [Where.options(num_cpus=0, scheduling_strategy="SPREAD").remote()
+              for _ in range(6)]
+    calls = [a.node.remote() for a in spread for _ in range(2)]
+    assert set(zray.get(calls, timeout=60)) == set(cluster.nodes.values())
+    for actor in spread:
+        zray.kill(actor)
+    assert eventually(lambda: services.head_query(cluster.address, cluster.token, "status")
+                      ["forwarded"] == 0, 20), "the head kept calls it routed back home"
 
 
 def test_killed_node_is_detected_and_its_work_redone(cluster, tmp_path):

@@ -335,7 +335,8 @@ class Head(StateVerbs):
                           f"not alive on any node of this cluster")
                 return
             placed.node = where
-            self.placed[placed.task_id] = placed
+            if where != placed.origin:  # else its own node runs it as its own: no RESULT
+                self.placed[placed.task_id] = placed
             if not self.to_node(where, Op.FORWARD, body, *raw):
                 self.fail(placed, "ActorDiedError", f"cannot call {placed.name}: the node of "
                           f"its actor is unreachable")

@@ -346,10 +346,16 @@ class ClusterLink:
             self.tasks.make_ready(task)
 
     def came_back(self, task: Task) -> None:
+        """One of this node's tasks the head placed here after all: a task, an
+        actor's creation, or a call to an actor that lives here after all."""
         task.placed = True
         task.state = WAITING
-        if task.creates_actor and self.actors.admit(task, True) is not None:
-            return
+        if task.is_actor_task:
+            why = self.actors.admit(task, True)
+            if why is not None:
+                self.tasks.finish_with_error(task, exceptions.ActorDiedError(
+                    f"cannot call {task.name}: {why}"))
+                return
         self.tasks.make_ready(task)
 
     def take_args(self, task: Task, inline: dict, located: dict, raw) -> None:
