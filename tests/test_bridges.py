@@ -26,7 +26,7 @@ from zray.util.multiprocessing import Pool
 from zray.util.state import list_tasks
 
 from clusters import ROOT, running
-from waiting import eventually, wait_pid_gone
+from waiting import eventually, shutdown_leaving_nothing, wait_pid_gone
 
 joblib = pytest.importorskip("joblib")
 pytest.importorskip("sklearn")
@@ -38,22 +38,11 @@ def _start_session():
     return zray.init(num_cpus=2, resources={"bridge": 1})
 
 
-def _stop_session_and_check_leftovers(ctx):
-    session_dir = ctx["session_dir"]
-    children = [p for p in psutil.Process().children(recursive=True)
-                if "zray" in " ".join(p.cmdline())]
-    zray.shutdown()
-    _, alive = psutil.wait_procs(children, timeout=10)
-    assert not alive, f"zray processes still alive: {alive}"
-    tag = "zray_" + os.path.basename(session_dir)[-12:]
-    assert not [n for n in os.listdir("/dev/shm") if n.startswith(tag)]
-
-
 @pytest.fixture(scope="module", autouse=True)
 def session():
     state = {"ctx": _start_session()}
     yield state
-    _stop_session_and_check_leftovers(state["ctx"])
+    shutdown_leaving_nothing(state["ctx"])
 
 
 # ---------------------------------------------------------------------- task bodies
@@ -418,7 +407,7 @@ def test_start_ray_local_starts_workers_and_ends_with_the_interpreter():
 
 # ---------------------------------------------------------------------- two nodes
 def test_pool_map_spreads_over_two_nodes(session):
-    _stop_session_and_check_leftovers(session["ctx"])
+    shutdown_leaving_nothing(session["ctx"])
     try:
         with running("zbr", ["--num-cpus", "1", "--no-dashboard"], [["--num-cpus", "1"]],
                      cpus=2):

@@ -12,7 +12,6 @@ import time
 
 import numpy as np
 import pandas as pd
-import psutil
 import pytest
 
 import zray
@@ -29,7 +28,7 @@ from zray.util.dask import (  # noqa: E402  (after the skip when dask is missing
 from zray.util.state import list_tasks  # noqa: E402
 
 from clusters import running  # noqa: E402
-from waiting import eventually  # noqa: E402
+from waiting import eventually, shutdown_leaving_nothing  # noqa: E402
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -38,22 +37,11 @@ def _start_session():
     return zray.init(num_cpus=2)
 
 
-def _stop_session_and_check_leftovers(ctx):
-    session_dir = ctx["session_dir"]
-    children = [p for p in psutil.Process().children(recursive=True)
-                if "zray" in " ".join(p.cmdline())]
-    zray.shutdown()
-    _, alive = psutil.wait_procs(children, timeout=10)
-    assert not alive, f"zray processes still alive: {alive}"
-    tag = "zray_" + os.path.basename(session_dir)[-12:]
-    assert not [n for n in os.listdir("/dev/shm") if n.startswith(tag)]
-
-
 @pytest.fixture(scope="module", autouse=True)
 def session():
     state = {"ctx": _start_session()}
     yield state
-    _stop_session_and_check_leftovers(state["ctx"])
+    shutdown_leaving_nothing(state["ctx"])
 
 
 class Boom(Exception):
@@ -259,7 +247,7 @@ def test_options_remote_args_persist_and_ignored_keywords():
 
 
 def test_array_sum_on_two_nodes(session):
-    _stop_session_and_check_leftovers(session["ctx"])
+    shutdown_leaving_nothing(session["ctx"])
     try:
         with running("zdk", ["--num-cpus", "1", "--no-dashboard"], [["--num-cpus", "1"]],
                      cpus=2):

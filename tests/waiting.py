@@ -22,3 +22,20 @@ def wait_pid_gone(pid, timeout=20.0):
         return
     _, alive = psutil.wait_procs([proc], timeout=timeout)
     assert not alive, f"process {pid} still runs {timeout}s later"
+
+
+def shutdown_leaving_nothing(ctx) -> None:
+    """``zray.shutdown()`` of the session ``ctx`` (what ``zray.init`` returned), then
+    check that none of its processes and no shared-memory segment of it is left."""
+    import os
+
+    import zray
+
+    session_dir = ctx["session_dir"]
+    children = [p for p in psutil.Process().children(recursive=True)
+                if "zray" in " ".join(p.cmdline())]
+    zray.shutdown()
+    _, alive = psutil.wait_procs(children, timeout=10)
+    assert not alive, f"zray processes still alive: {alive}"
+    tag = "zray_" + os.path.basename(session_dir)[-12:]
+    assert not [n for n in os.listdir("/dev/shm") if n.startswith(tag)]

@@ -231,18 +231,11 @@ class JobSubmissionClient:
 
     def tail_job_logs_sync(self, job_id: str) -> Iterator[str]:
         """What the job prints, as it prints it, until it ends (a plain iterator)."""
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        offset = 0
+        tail = _Tail()
         while True:
-            reply, data = self.read_log(job_id, offset)
-            offset = reply["offset"]
-            text = decoder.decode(data)
-            if text:
-                yield text
-            if JobStatus(reply["status"]).is_terminal() and offset >= reply["size"]:
-                rest = decoder.decode(b"", final=True)
-                if rest:
-                    yield rest
+            reply, data = self.read_log(job_id, tail.offset)
+            yield from tail.take(reply, data)
+            if tail.done:
                 return
             if not data:
                 time.sleep(FOLLOW_INTERVAL)
@@ -252,18 +245,12 @@ class JobSubmissionClient:
         import asyncio
 
         loop = asyncio.get_running_loop()
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        offset = 0
+        tail = _Tail()
         while True:
-            reply, data = await loop.run_in_executor(None, self.read_log, job_id, offset)
-            offset = reply["offset"]
-            text = decoder.decode(data)
-            if text:
+            reply, data = await loop.run_in_executor(None, self.read_log, job_id, tail.offset)
+            for text in tail.take(reply, data):
                 yield text
-            if JobStatus(reply["status"]).is_terminal() and offset >= reply["size"]:
-                rest = decoder.decode(b"", final=True)
-                if rest:
-                    yield rest
+            if tail.done:
                 return
             if not data:
                 await asyncio.sleep(FOLLOW_INTERVAL)
@@ -274,3 +261,21 @@ def _job_id(job_id: Any) -> str:
         raise TypeError(f"a job is named by its submission id (a str), got "
                         f"{type(job_id).__name__}")
     return job_id
+
+
+class _Tail:
+    """Where a reader of a job's log is: its offset, a decoder that keeps a UTF-8
+    character split between two reads whole, and whether the log has ended."""
+
+    def __init__(self) -> None:
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.offset = 0
+        self.done = False
+
+    def take(self, reply: dict, data: bytes) -> List[str]:
+        self.offset = reply["offset"]
+        texts = [self.decoder.decode(data)]
+        self.done = JobStatus(reply["status"]).is_terminal() and self.offset >= reply["size"]
+        if self.done:
+            texts.append(self.decoder.decode(b"", final=True))
+        return [text for text in texts if text]

@@ -374,33 +374,22 @@ class TaskTable:
         """A job's driver is gone: drop its waiting and queued tasks, cancel its
         running ones (an actor's calls run out: the actor decides its own fate).
         Returns how many tasks it ended."""
-        ended = 0
-        for task in [t for t in self.tasks.values() if t.job == job]:
-            if task.state is WAITING or task.state is QUEUED or task.state is REMOTE:
-                self.unwait(task)
-                self.dequeue(task)
-                task.state = FINISHED  # queues skip it lazily
-                self.finish_with_error(task, exceptions.TaskCancelledError(
-                    f"task {task.name} was cancelled: {why}"))
-                ended += 1
-            elif task.state is RUNNING and not task.cancelled and task.actor is None:
-                task.cancelled = True
-                if task.worker is not None:
-                    self.interrupt(task, True)
-                ended += 1
-        return ended
+        return self.end_matching(lambda t: t.job == job, lambda task: exceptions.
+                                 TaskCancelledError(f"task {task.name} was cancelled: {why}"))
 
-    def end_matching(self, match: Callable[[Task], bool], why: str) -> int:
-        """End the tasks ``match`` picks (a removed placement group's): those not
-        started fail, running ones are cancelled.  Returns how many."""
+    def end_matching(self, match: Callable[[Task], bool], why: Any) -> int:
+        """End the tasks ``match`` picks (a removed placement group's, a job's): those
+        not started fail (``why``: the reason, or the error for a task), running ones
+        are cancelled (an actor's calls run out).  Returns how many."""
         ended = 0
         for task in [t for t in self.tasks.values() if match(t)]:
             if task.state is WAITING or task.state is QUEUED or task.state is REMOTE:
                 self.unwait(task)
                 self.dequeue(task)
                 task.state = FINISHED  # queues skip it lazily
-                self.finish_with_error(task, exceptions.TaskUnschedulableError(
-                    f"task {task.name} cannot run: {why}"))
+                self.finish_with_error(task, why(task) if callable(why) else exceptions.
+                                       TaskUnschedulableError(f"task {task.name} cannot "
+                                                              f"run: {why}"))
                 ended += 1
             elif task.state is RUNNING and not task.cancelled and task.actor is None:
                 task.cancelled = True
