@@ -5,8 +5,11 @@ store, a large object read from another node, and many nodes on one machine.
   ``init`` (the store's pages have never been written).
 * ``get <size> array from another node``: a two-node cluster on this machine
   (``zray head`` + ``zray worker``, or ``ray start --head`` + ``ray start
-  --address``), a task on the second node makes the array, the driver on the
-  first reads it: the bytes cross loopback TCP between the two object stores.
+  --address``), a task on the second node (resource ``far``) makes the array,
+  a task on the first (resource ``near``) reads it and times its ``get``: the
+  bytes cross loopback TCP between the two object stores.  (The reader is a
+  task, not the driver: a Ray driver on a machine with two raylets may attach
+  to either, and would then read the array where it was made.)
 * ``run_nodes``: ``zray microbenchmark --nodes N``, zray only: N node agents
   on this machine as one cluster, SPREAD tasks over them; throughput, the
   tasks each node ran, and the head's share of a CPU.
@@ -90,8 +93,11 @@ class _TwoNodes:
         self.address = f"127.0.0.1:{self.port}"
         self.tmpdir = tempfile.mkdtemp(prefix="zb", dir="/tmp")
         self.env = dict(os.environ, ZRAY_TMPDIR=self.tmpdir)
+        if not self.zray:   # Ray's token authentication (on by default with `ray start`)
+            self.env.setdefault("RAY_AUTH_MODE", "disabled")   # off: its nodes join here
         self.workers = workers
         self.old_tmpdir = os.environ.get("ZRAY_TMPDIR")
+        self.old_auth = os.environ.get("RAY_AUTH_MODE")
 
     def command(self, *args: str) -> subprocess.CompletedProcess:
         if self.zray:
@@ -106,6 +112,7 @@ class _TwoNodes:
         try:
             if self.zray:
                 out = self.command("head", "--port", str(self.port), "--num-cpus", "1",
+                                   "--resources", '{"near": 1}',
                                    "--object-store-memory", store).stdout
                 token = out.split("token: ")[1].split()[0]
                 for _ in range(self.workers):
@@ -114,9 +121,10 @@ class _TwoNodes:
                                  "--object-store-memory", store)
                 os.environ["ZRAY_TMPDIR"] = self.tmpdir
             else:
+                os.environ["RAY_AUTH_MODE"] = self.env["RAY_AUTH_MODE"]
                 self.command("start", "--head", "--port", str(self.port), "--num-cpus", "1",
-                             "--object-store-memory", store, "--include-dashboard=false",
-                             "--disable-usage-stats")
+                             "--resources", '{"near": 1}', "--object-store-memory", store,
+                             "--include-dashboard=false", "--disable-usage-stats")
                 for _ in range(self.workers):
                     self.command("start", "--address", self.address, "--num-cpus", "1",
                                  "--resources", '{"far": 1}', "--object-store-memory", store,
@@ -142,6 +150,8 @@ class _TwoNodes:
             except (subprocess.SubprocessError, OSError):
                 pass
             shutil.rmtree(self.tmpdir, ignore_errors=True)
+            if not self.zray and self.env["RAY_AUTH_MODE"] != self.old_auth:
+                os.environ.pop("RAY_AUTH_MODE", None)
             if self.old_tmpdir is None:
                 os.environ.pop("ZRAY_TMPDIR", None)
             else:
@@ -155,15 +165,22 @@ def _cross_node_get(ray: Any, cfg: Config, reps: int = 3) -> Tuple[float, int]:
             import numpy as np
             return np.ones(nbytes, dtype=np.uint8)
 
+        @ray.remote(resources={"near": 1})
+        def read(refs, nbytes):
+            import time
+            start = time.perf_counter()
+            value = ray.get(refs[0])
+            seconds = time.perf_counter() - start
+            assert value.nbytes == nbytes
+            return seconds
+
         rates = []
         for _ in range(reps + 1):
             ref = make.remote(cfg.big_bytes)
-            ray.wait([ref], timeout=cfg.hang_timeout)
-            start = time.perf_counter()
-            value = ray.get(ref, timeout=cfg.hang_timeout)
-            seconds = time.perf_counter() - start
-            assert value.nbytes == cfg.big_bytes
-            del value, ref
+            # fetch_local=False: Ray's wait would otherwise pull it to the driver's node
+            ray.wait([ref], timeout=cfg.hang_timeout, fetch_local=False)
+            seconds = ray.get(read.remote([ref], cfg.big_bytes), timeout=cfg.hang_timeout)
+            del ref
             rates.append(cfg.big_bytes / GiB / seconds)
         return statistics.median(rates[1:]), reps    # the first warms both nodes up
 

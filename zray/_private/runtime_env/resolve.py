@@ -22,14 +22,14 @@ the nodes).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import threading
 from collections.abc import Mapping
-from typing import Any, Dict, List, NamedTuple, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, NamedTuple, Optional, Tuple
 
-from zray._private.runtime_env import packaging
+if TYPE_CHECKING:  # packing (zipfile, hashlib) loads when first needed: import stays fast
+    from zray._private.runtime_env import packaging
 
 #: The keys zray understands; the others are refused, never ignored.
 KEYS = ("env_vars", "working_dir", "py_modules", "excludes", "pip", "config")
@@ -123,6 +123,7 @@ def prepare(env: Dict[str, Any], put: Any) -> Prepared:
 
     Returns the wire form and the refs that keep the packages alive (``put``'s).
     """
+    from zray._private.runtime_env import packaging
     from zray.exceptions import RuntimeEnvSetupError
 
     env_vars = dict(env.get("env_vars", {}))
@@ -166,6 +167,8 @@ def _entry(kind: str, package: packaging.Package, path: Any) -> dict:
 
 def _pack_module(path: str, excludes: List[str]) -> packaging.Package:
     """A py_module: a folder (shipped under its own name) or a .whl/.zip (as is)."""
+    from zray._private.runtime_env import packaging
+
     if os.path.isdir(path):
         name = os.path.basename(os.path.normpath(path))
         return packaging.pack(path, excludes, "py_modules", prefix=name)
@@ -207,6 +210,8 @@ def read_requirements(path: str) -> List[str]:
 
 def with_key(wire: dict) -> dict:
     """``wire`` with its ``key``: the hash of everything that makes the environment."""
+    import hashlib
+
     body = {k: v for k, v in wire.items() if k != "key"}
     text = json.dumps(body, sort_keys=True, separators=(",", ":"))
     return dict(body, key=hashlib.sha256(text.encode()).hexdigest()[:32])
