@@ -310,7 +310,10 @@ def test_saturated_node_spills_to_idle_ones(cluster, tmp_path):
         return zray.get_runtime_context().get_node_id()
 
     # Three one-CPU nodes: three tasks that hold their CPU until all have
-    # started can only all start if the head node hands two of them on.
+    # started can only all start if the head node hands two of them on. It
+    # hands work on by what it last heard of the others: wait until it hears
+    # that all three are idle (the tests before may have just let go of CPUs).
+    assert eventually(lambda: zray.available_resources().get("CPU") == 3, 30)
     refs = [hold.remote(i, str(arrived), str(release)) for i in range(3)]
     deadline = time.monotonic() + 30
     while len(os.listdir(arrived)) < 3 and time.monotonic() < deadline:
