@@ -620,6 +620,26 @@ def test_calls_made_while_an_actor_moves_to_another_node_follow_it(cluster):
                       ["forwarded"] == 0, 20), "the head kept calls it routed back home"
 
 
+def test_calls_to_an_actor_waiting_for_a_node_wait_with_it(cluster):
+    """An actor no node can take yet (a resource no node has) waits at the head;
+    calls made to it wait there with it (they failed at once before, while the
+    actor itself went on waiting), and fail when it is killed."""
+    @zray.remote(resources={"delta": 1})
+    class OnDelta:
+        def node(self):
+            return zray.get_runtime_context().get_node_id()
+
+    actor = OnDelta.remote()
+    calls = [actor.node.remote() for _ in range(3)]
+    ready, _ = zray.wait(calls, num_returns=1, timeout=2)
+    assert ready == []                      # waiting with their actor, not failed
+    zray.kill(actor)
+    for call in calls:
+        with pytest.raises(exceptions.ActorDiedError, match="killed"):
+            zray.get(call, timeout=30)
+    assert services.head_query(cluster.address, cluster.token, "status")["unplaced"] == []
+
+
 def test_killed_node_is_detected_and_its_work_redone(cluster, tmp_path):
     started = tmp_path / "started"
     release = tmp_path / "release"

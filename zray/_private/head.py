@@ -39,7 +39,7 @@ from typing import Any, Dict, List, Optional
 
 import zmq
 
-from zray._private import bundles, protocol, ratelog, scheduling, validate
+from zray._private import bundles, names, protocol, ratelog, scheduling, validate
 from zray._private.names import ActorNames
 from zray._private.head_pgs import PlacementGroups
 from zray._private.head_records import Directory, NodeEntry, Placed
@@ -66,6 +66,7 @@ class Head(StateVerbs):
         self.nodes: Dict[bytes, NodeEntry] = {}
         self.placed: Dict[bytes, Placed] = {}
         self.unplaced: List[Placed] = []        # no alive node could ever run them
+        self.held_calls: Dict[bytes, List[Placed]] = {}   # by actor: its creation waits
         self.actors: Dict[bytes, bytes] = {}    # actor id -> node id
         self.directory = Directory()
         self.names = ActorNames()
@@ -330,6 +331,8 @@ class Head(StateVerbs):
                 self.directory.add(oid, holder)
         if placed.actor_call:
             where = self.actors.get(placed.task["actor_id"])
+            if where is None and self.creation_waits(placed):
+                return  # sent on when its actor is placed (see place)
             if where is None:
                 self.fail(placed, "ActorDiedError", f"cannot call {placed.name}: its actor is "
                           f"not alive on any node of this cluster")
@@ -384,6 +387,15 @@ class Head(StateVerbs):
             # Back on the node that owns it: that node runs and finishes it as its
             # own (no RESULT comes back), and it dies with its owner.
             self.placed.pop(placed.task_id, None)
+        for call in self.held_calls.pop(placed.task.get("actor_id"), ()):
+            self.on_forward(call.origin, call.body, call.raw)   # after its actor's creation
+
+    def creation_waits(self, call: Placed) -> bool:
+        """A call to an actor whose creation waits here for a node waits with it."""
+        waits = creation_of(call.task["actor_id"], self.unplaced) is not None
+        if waits:
+            self.held_calls.setdefault(call.task["actor_id"], []).append(call)
+        return waits
 
     def place_unplaced(self) -> None:
         waiting, self.unplaced = self.unplaced, []
@@ -392,6 +404,9 @@ class Head(StateVerbs):
 
     def fail(self, placed: Placed, error_type: str, message: str) -> None:
         self.placed.pop(placed.task_id, None)
+        for call in self.held_calls.pop(placed.task["actor_id"], ()) \
+                if placed.task.get("new_actor") else ():   # its calls waiting here
+            self.fail(call, "ActorDiedError", f"cannot call {call.name}: {message}")
         if not self.to_node(placed.origin, Op.TASK_FAILED, {
                 "task_id": placed.task_id, "error_type": error_type, "message": message}):
             logger.warning("could not tell node %s that %s failed: %s",
@@ -439,7 +454,12 @@ class Head(StateVerbs):
         self.to_node(body.get("to_node", b""), Op.LOG, body)
 
     def on_kill_actor(self, ident: bytes, body: protocol.KillActor, raw) -> None:
-        where = self.actors.get(body["actor_id"])
+        aid = body["actor_id"]
+        creation = creation_of(aid, self.unplaced)
+        if creation is not None:   # still waiting for a node: it never comes up
+            self.unplaced.remove(creation)
+            self.fail(creation, "ActorDiedError", "the actor was killed before it was placed")
+        where = self.actors.get(aid)
         if where is None or not self.to_node(where, Op.KILL_ACTOR, body):
             logger.info("kill of actor %s: no alive node holds it", body["actor_id"].hex()[:8])
 
@@ -453,6 +473,8 @@ class Head(StateVerbs):
         for tid in [t for t, p in self.placed.items() if p.task.get("job_id") == job]:
             del self.placed[tid]
         self.unplaced = [p for p in self.unplaced if p.task.get("job_id") != job]
+        self.held_calls = {aid: calls for aid, calls in self.held_calls.items()
+                           if calls[0].task.get("job_id") != job}
         self.pgs.job_ended(job)
 
     def on_head_query(self, ident: bytes, body: protocol.HeadQuery, raw) -> None:
@@ -460,8 +482,8 @@ class Head(StateVerbs):
         if what == "state":
             self.collect_state(ident, body)
             return
-        if what in NAME_QUERIES:
-            reply = self.answer_names(what, body)
+        if what in names.QUERIES:
+            reply = self.names.answer(what, body)
             if reply is not None:
                 self.reply(ident, Op.HEAD_REPLY, reply)
             return
@@ -479,30 +501,10 @@ class Head(StateVerbs):
         self.reply(ident, Op.HEAD_REPLY, reply)
 
 
-    def answer_names(self, what: str, body: protocol.HeadQuery) -> Optional[protocol.HeadReply]:
-        """The cluster's actor names (see names.ActorNames); None: nothing to answer."""
-        reply: protocol.HeadReply = {"req": body.get("req", 0)}
-        namespace = body.get("namespace", "")
-        try:
-            if what == "claim_name":
-                entry = {"actor_id": body["actor_id"], "anchor": body["anchor"],
-                         "meta": body.get("meta", {}), "node_id": body.get("node_id", b"")}
-                reply["entry"], reply["existing"] = self.names.claim(
-                    namespace, body["name"], entry, bool(body.get("get_if_exists")))
-            elif what == "release_name":
-                self.names.release(namespace, body["name"], body["actor_id"])
-                return None
-            elif what == "actor":
-                reply["entry"] = self.names.lookup(namespace, body["name"])
-            else:
-                reply["actors"] = self.names.listing(
-                    None if body.get("all_namespaces") else namespace)
-        except ValueError as exc:
-            reply["error"] = str(exc)
-        return reply
-
-
-NAME_QUERIES = ("claim_name", "release_name", "actor", "named_actors")
+def creation_of(aid: bytes, waiting: List[Placed]) -> Optional[Placed]:
+    """The creation of actor ``aid`` among ``waiting`` (tasks no node can take yet)."""
+    return next((p for p in waiting if p.task.get("actor_id") == aid
+                 and p.task.get("new_actor")), None)
 
 
 def main(argv: Optional[List[str]] = None) -> None:

@@ -24,6 +24,10 @@ class NameTaken(ValueError):
     pass
 
 
+#: The HEAD_QUERY questions :meth:`ActorNames.answer` answers.
+QUERIES = ("claim_name", "release_name", "actor", "named_actors")
+
+
 class ActorNames:
     def __init__(self) -> None:
         self.entries: Dict[Tuple[str, str], dict] = {}
@@ -71,3 +75,26 @@ class ActorNames:
         for key in gone:
             del self.entries[key]
         return [name for _, name in gone]
+
+    def answer(self, what: str, body: dict) -> Optional[dict]:
+        """A HEAD_QUERY about names (``QUERIES``) answered: the reply, or None for a
+        release (nothing to answer)."""
+        reply: dict = {"req": body.get("req", 0)}
+        namespace = body.get("namespace", "")
+        try:
+            if what == "claim_name":
+                entry = {"actor_id": body["actor_id"], "anchor": body["anchor"],
+                         "meta": body.get("meta", {}), "node_id": body.get("node_id", b"")}
+                reply["entry"], reply["existing"] = self.claim(
+                    namespace, body["name"], entry, bool(body.get("get_if_exists")))
+            elif what == "release_name":
+                self.release(namespace, body["name"], body["actor_id"])
+                return None
+            elif what == "actor":
+                reply["entry"] = self.lookup(namespace, body["name"])
+            else:
+                reply["actors"] = self.listing(
+                    None if body.get("all_namespaces") else namespace)
+        except ValueError as exc:
+            reply["error"] = str(exc)
+        return reply
