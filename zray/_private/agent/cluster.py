@@ -327,12 +327,8 @@ class ClusterLink:
         for oid in task.returns:
             self.objects.hold_for_node(oid, task.origin)
         self.take_args(task, body.get("inline", {}), body.get("locations", {}), raw)
-        if task.is_actor_task:
-            why = self.actors.admit(task, True)
-            if why is not None:
-                self.tasks.finish_with_error(task, exceptions.ActorDiedError(
-                    f"cannot call {task.name}: {why}"))
-                return
+        if not self.admitted(task):
+            return
         for oid in task.deps:
             if self.objects.wait_for(oid, task):
                 task.deps_left += 1
@@ -350,13 +346,17 @@ class ClusterLink:
         actor's creation, or a call to an actor that lives here after all."""
         task.placed = True
         task.state = WAITING
-        if task.is_actor_task:
-            why = self.actors.admit(task, True)
-            if why is not None:
-                self.tasks.finish_with_error(task, exceptions.ActorDiedError(
-                    f"cannot call {task.name}: {why}"))
-                return
-        self.tasks.make_ready(task)
+        if self.admitted(task):
+            self.tasks.make_ready(task)
+
+    def admitted(self, task: Task) -> bool:
+        """An actor task sent here taken in by its actor (a plain task: True); an
+        actor's call that cannot be fails with ActorDiedError saying why."""
+        why = self.actors.admit(task, True) if task.is_actor_task else None
+        if why is not None:
+            self.tasks.finish_with_error(task, exceptions.ActorDiedError(
+                f"cannot call {task.name}: {why}"))
+        return why is None
 
     def take_args(self, task: Task, inline: dict, located: dict, raw) -> None:
         """A forwarded task's arguments: small ones came with it, large ones are elsewhere."""
