@@ -31,7 +31,7 @@ import signal
 from typing import Any, Callable, Deque, Dict, List, Optional
 
 from zray import exceptions
-from zray._private import protocol
+from zray._private import bundles, protocol
 from zray._private.agent.tasks import FINISHED, QUEUED, RUNNING, Task
 from zray._private.agent.workers import WorkerRec, WorkerState
 from zray._private.protocol import ObjectKind, Op
@@ -96,7 +96,7 @@ class Dispatcher:
 
     def warn_infeasible(self, task: Task, missing: dict) -> None:
         key = (task.name, task.shape)
-        if any("_group_" in name for name in missing):
+        if bundles.mentions_group(missing):
             self.group_missing(task)  # its placement group is not reserved here (yet)
             return
         if key in self.warned:
