@@ -168,3 +168,57 @@ def test_nothing_is_sent_once_closed(wire, clock):
     outbox.send(protocol.encode(Op.BYE, {}))
     outbox.flush(releases=True)
     assert wire.ops() == [Op.DECREF]
+
+
+# ---------------------------------------------------------------------- direct calls
+def _call(actor: bytes, **extra) -> dict:
+    return protocol.task_spec(task_id=ids.new_id(), name="A.f", actor_id=actor, method="f",
+                              args=extra)
+
+
+def _direct_outbox(wire, clock):
+    outbox = _outbox(wire, clock)
+    outbox.direct = lambda specs: wire.sent.append(("CALL", [s["task_id"] for s in specs], []))
+    return outbox
+
+
+def test_a_direct_call_goes_now_and_its_submit_waits_for_the_next_message(wire, clock):
+    outbox = _direct_outbox(wire, clock)
+    call = _call(ids.new_id())
+    outbox.submit_direct(call)
+    assert wire.ops() == ["CALL"]
+    outbox.flush()  # what a get does first: nothing for the agent yet
+    assert wire.ops() == ["CALL"]
+    outbox.send(protocol.encode(Op.FETCH, {"object_ids": []}))
+    assert wire.ops() == ["CALL", Op.SUBMIT, Op.FETCH]  # the SUBMIT goes ahead of it
+    assert wire.sent[1][1]["tasks"][0]["task_id"] == call["task_id"]
+
+
+def test_releases_never_overtake_a_waiting_submit(wire, clock):
+    outbox = _direct_outbox(wire, clock)
+    call = _call(ids.new_id())
+    outbox.submit_direct(call)
+    outbox.decref(protocol.returns_of(call)[0])
+    outbox.flush(releases=True)
+    assert wire.ops() == ["CALL", Op.SUBMIT, Op.DECREF]
+
+
+def test_a_call_with_ref_arguments_is_submitted_before_it_goes(wire, clock):
+    outbox = _direct_outbox(wire, clock)
+    dep = ids.object_id(ids.new_id(), 0)
+    outbox.submit_direct(_call(ids.new_id(), deps=[dep]))
+    assert wire.ops() == [Op.SUBMIT, "CALL"]
+
+
+def test_a_burst_of_direct_calls_goes_in_one_message_per_actor(wire, clock):
+    outbox = _direct_outbox(wire, clock)
+    actors = [ids.new_id(), ids.new_id()]
+    for i in range(10):
+        outbox.submit_direct(_call(actors[i % 2]))
+        clock.tick(BURST_GAP / 10)
+    outbox.flush()
+    calls = [ids_ for op, ids_, _ in wire.sent if op == "CALL"]
+    assert [len(c) for c in calls] == [1, 5, 4]  # the first alone, then one per actor
+    assert Op.SUBMIT not in wire.ops()
+    outbox.flush(releases=True)
+    assert wire.ops()[-1] == Op.SUBMIT and len(wire.sent[-1][1]["tasks"]) == 10

@@ -27,8 +27,10 @@ import threading
 import traceback
 from typing import Any, Callable, Dict, List, Optional
 
+import zmq
+
 from zray import exceptions
-from zray._private import protocol, streaming
+from zray._private import protocol, streaming, validate
 from zray._private.protocol import Op
 from zray._private.runtime_env import resolve
 
@@ -82,6 +84,7 @@ class ActorHost:
         self.running = 0                      # calls handed to the runner, not finished
         self.exit_reason = ""                 # set by exit_actor(): no new call starts
         self.exiting = threading.Event()      # the process is on its way out
+        self.direct: Any = None               # the ROUTER callers on this node call it on
 
     # ------------------------------------------------------------------ creation
     def create(self, cls: type, spec: dict, *args: Any, **kwargs: Any) -> None:
@@ -104,6 +107,7 @@ class ActorHost:
             self.start_event_loop(concurrency, groups, _groups_of(cls))
         elif concurrency > 1 or groups:
             self.start_threads(concurrency, groups, _groups_of(cls))
+        self.open_direct()
 
     def method(self, spec: dict) -> Any:
         name = spec["method"]
@@ -118,6 +122,39 @@ class ActorHost:
             return getattr(self.instance, name)
         except AttributeError:
             raise AttributeError(f"actor {self.class_name} has no method {name!r}") from None
+
+    # ------------------------------------------------------------------ direct calls
+    def open_direct(self) -> None:
+        """Take calls straight from callers on this node (see client/direct.py):
+        bound before the creation's TASK_DONE, so before the agent offers it."""
+        client = self.worker.client
+        endpoint = protocol.direct_endpoint(client.agent_address, client.identity)
+        if endpoint and self.direct is None:
+            self.direct = client.side_socket(zmq.ROUTER, self.on_direct)
+            self.direct.bind(endpoint)
+
+    def on_direct(self, frames: List[Any]) -> None:
+        """DIRECT_CALL: queued with the calls the agent sends; each answered to its
+        caller (``reply``) and to the agent (TASK_DONE), which knows of it already."""
+        caller = frames[0]
+        op, body, raw = protocol.decode(frames[1:])
+        if op != Op.DIRECT_CALL:
+            raise protocol.ProtocolError(f"expected DIRECT_CALL, got {op.name}")
+        validate.check(op, body, raw)
+        tasks = self.worker.tasks
+        for spec in body["tasks"]:
+            spec["reply_to"] = caller
+            tasks.append((Op.EXECUTE, {"task": spec}, ()))
+
+    def reply(self, spec: dict, done: dict, frames: List[Any]) -> None:
+        self.worker.client.send_on(self.direct, [spec["reply_to"], *protocol.encode(
+            Op.DIRECT_REPLY, done, *frames)])
+
+    def direct_args(self, spec: dict) -> List[Any]:
+        """A direct call's ref arguments, which no agent resolved: got here."""
+        from zray.object_ref import ObjectRef
+
+        return self.worker.client.get([ObjectRef(oid) for oid in spec["deps"]], None)
 
     # ------------------------------------------------------------------ runners
     def start_threads(self, size: int, groups: Dict[str, int],

@@ -83,12 +83,18 @@ def _send_item(worker: Any, spec: dict, index: int, item: Any) -> None:
     frames: List[Any] = []
     oid = object_id(spec["task_id"], index)
     desc = worker.store_result(oid, item, frames, spec.get("name", "task"))
-    worker.client.yielded({"task_id": spec["task_id"], "results": [desc]}, frames)
+    worker.client.yielded(_item(spec, {"task_id": spec["task_id"], "results": [desc]}), frames)
 
 
 def _send_error(worker: Any, spec: dict, index: int, exc: BaseException) -> None:
     text, data = worker.failure(spec, spec.get("name", "task"), exc)
     desc = {"object_id": object_id(spec["task_id"], index), "kind": ObjectKind.ERROR,
             "layout": [], "frame": 0}
-    worker.client.yielded({"task_id": spec["task_id"], "results": [desc], "error": text},
-                          [data])
+    worker.client.yielded(_item(spec, {"task_id": spec["task_id"], "results": [desc],
+                                       "error": text}), [data])
+
+
+def _item(spec: dict, body: dict) -> dict:
+    if "reply_to" in spec:  # a direct call: its SUBMIT may reach the agent after this
+        body["direct"] = True
+    return body

@@ -52,7 +52,7 @@ ID_SIZES: Dict[str, frozenset] = {
     "to_node": _ID, "job_id": _ID_OR_EMPTY, "function_id": _ID_OR_EMPTY,
     "object_id": _OBJECT, "object_ids": _OBJECT, "anchor": _OBJECT, "args_object": _OBJECT,
     "deps": _OBJECT, "contained": _OBJECT, "sealed": _OBJECT, "freed": _OBJECT,
-    "holds": _OBJECT, "pg_id": _ID, "bundle_nodes": _ID_OR_EMPTY,
+    "holds": _OBJECT, "pg_id": _ID, "bundle_nodes": _ID_OR_EMPTY, "worker_id": _ID_OR_EMPTY,
 }
 #: Maps keyed by object IDs, and the size of the node IDs listed in their values.
 KEY_SIZES: Dict[str, frozenset] = {"inline": _OBJECT, "locations": _OBJECT,
@@ -71,7 +71,7 @@ BOUNDS: Dict[str, Tuple[int, int]] = {
     "collect": _COUNT, "req": _COUNT, "seq": _COUNT, "epoch": _COUNT, "pid": _COUNT,
     "queued": _COUNT, "running": _COUNT, "workers": _COUNT, "actors": _COUNT,
     "frame": (0, MAX_FRAMES), "function_frame": (0, MAX_FRAMES),
-    "attempt": _COUNT, "index": (0, MAX_ITEMS), "indexes": (0, MAX_ITEMS),
+    "attempt": _COUNT, "index": (0, MAX_ITEMS), "indexes": (0, MAX_ITEMS), "seen": _COUNT,
 }
 #: Int fields that name one of the message's raw frames.
 FRAME_FIELDS = frozenset({"frame", "function_frame"})

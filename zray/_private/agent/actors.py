@@ -25,6 +25,7 @@ from typing import Any, Callable, Deque, Dict, List, Optional
 
 from zray import exceptions
 from zray._private import ids, protocol
+from zray._private.agent.direct import DirectPath
 from zray._private.agent.tasks import FINISHED, QUEUED, RUNNING, Task
 from zray._private.agent.workers import WorkerRec, WorkerState
 from zray._private.names import anonymous_namespace
@@ -45,7 +46,7 @@ class ActorRec:
 
     __slots__ = ("aid", "spec", "owner", "worker", "state", "queue", "inflight",
                  "restarts_left", "name", "namespace", "detached", "cause", "anchor", "killed",
-                 "exiting", "held")
+                 "exiting", "held", "callers", "direct")
 
     def __init__(self, spec: dict, owner: bytes) -> None:
         self.aid: bytes = spec["actor_id"]
@@ -66,6 +67,8 @@ class ActorRec:
         self.killed = False
         self.exiting = False
         self.held: List[bytes] = []   # constructor arguments, kept for restarts
+        self.callers: Dict[bytes, int] = {}   # calls each caller made through the agent
+        self.direct: Dict[bytes, int] = {}    # callers offered its worker (at what count)
 
 
 class ActorTable:
@@ -86,6 +89,10 @@ class ActorTable:
         # ... and, on a cluster, kill an actor on another node.
         self.kill_remote: Optional[Callable[[bytes, bool], None]] = None
         self.on_running: Callable[[Task, Any], None] = lambda task, worker: None
+        self.direct = DirectPath(wire, objects, getattr(workers, "agent_address", ""))
+        self.direct.call_done = self.call_done
+        self.direct.yielded = tasks.on_yielded
+        tasks.early_yield = self.direct.early_yield
 
     # ------------------------------------------------------------------ admission
     def admit(self, task: Task, forwarded: bool) -> Optional[str]:
@@ -115,8 +122,17 @@ class ActorTable:
                 f"actor {spec['actor_id'].hex()} is not known to this node"
         if actor.state is ActorState.DEAD:
             return actor.cause
-        actor.queue.append(task)
         task.actor = actor
+        if "direct" not in spec:
+            self.direct.counted(actor, task)
+        elif self.direct.admit(actor, task, actor.state is ActorState.ALIVE):
+            self.on_running(task, actor.worker)
+            return None  # its caller sent it to the worker already
+        elif task.retries_left > 0:
+            task.retries_left -= 1  # sent to a worker since gone: it may have run there
+        else:
+            return f"the actor's worker it was sent to is gone ({actor.cause or 'restarting'})"
+        actor.queue.append(task)
         return None
 
     def moved_away(self, task: Task) -> List[Task]:
@@ -150,6 +166,7 @@ class ActorTable:
         self.to_pump[task.actor.aid] = task.actor
 
     def pump_ready(self) -> None:
+        self.direct.run_due()
         if self.to_pump:
             actors, self.to_pump = self.to_pump, {}
             for actor in actors.values():
@@ -192,6 +209,8 @@ class ActorTable:
         actor = worker.actor
         task = self.tasks.get(body.get("task_id", b""))
         if task is None:
+            if body.get("direct"):
+                self.direct.early_done(worker, body, raw)  # its SUBMIT is on its way
             return
         if task.creates_actor:
             self.created(worker, actor, task, body, raw)
@@ -203,10 +222,14 @@ class ActorTable:
             actor.queue.appendleft(task)
             self.pump(actor)
             return
+        if body.get("direct"):
+            self.direct.answered(self.objects, task, body)
         self.tasks.seal_results(task, body, raw)
         self.tasks.finish(task)
         if actor.exiting:
             self.retire(actor)
+        elif actor.state is ActorState.ALIVE:
+            self.direct.offer(actor, task)
 
     def created(self, worker: WorkerRec, actor: ActorRec, task: Task, body: dict, raw) -> None:
         if actor.state is ActorState.DEAD:
@@ -285,6 +308,7 @@ class ActorTable:
     def worker_died(self, worker: WorkerRec, status: str) -> None:
         actor = worker.actor
         self.workers.release_actor(worker, float(actor.spec.get("resources", {}).get("GPU", 0)))
+        self.direct.withdraw(actor)
         actor.worker = None
         inflight, actor.inflight = actor.inflight, {}
         why = actor.cause or f"the actor's worker (pid {worker.pid}) died ({status})"
@@ -318,6 +342,7 @@ class ActorTable:
 
     def dead(self, actor: ActorRec) -> None:
         actor.state = ActorState.DEAD
+        self.direct.withdraw(actor)
         self.anchors.pop(actor.anchor, None)
         if actor.name:
             self.ask_head({"what": "release_name", "namespace": actor.namespace,

@@ -110,6 +110,7 @@ class TaskTable:
         self.on_finished: Callable[[Task], None] = lambda task: None
         self.interrupt: Callable[[Task, bool], None] = lambda task, force: None
         self.dequeue: Callable[[Task], None] = lambda task: None
+        self.early_yield: Callable[[bytes, dict, Any], None] = lambda ident, body, raw: None
 
     def get(self, tid: bytes) -> Optional[Task]:
         return self.tasks.get(tid)
@@ -148,7 +149,7 @@ class TaskTable:
             self.finish_with_error(task, exceptions.ObjectLostError(
                 f"task {task.name}: argument {lost.hex()} is not known to this node "
                 f"(freed, or a ref from another cluster)"))
-        else:
+        elif task.state is WAITING:  # (a direct actor call is running already)
             self.wait_for_args(task)
 
     def remote_tasks(self) -> List[Task]:
@@ -326,6 +327,9 @@ class TaskTable:
         (or, for a task forwarded here, kept for its origin node, which hears
         of them at once)."""
         task = self.tasks.get(body["task_id"])
+        if task is None and body.get("direct"):
+            self.early_yield(ident, body, raw)  # a direct call's: its SUBMIT is on its way
+            return
         oids = []
         for result in body.get("results", ()):
             oid = result["object_id"]

@@ -25,6 +25,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 from zray import exceptions
 from zray._private import ids, protocol, serialization
 from zray._private.client.arguments import encode_args
+from zray._private.client.direct import DirectCalls
 from zray._private.client.objects import Descriptor, ObjectCache, PinEntry
 from zray._private.client.transport import ConnectionLost, Handler, Transport
 from zray._private.names import anonymous_namespace
@@ -65,6 +66,8 @@ class Client:
         self.transport.on(Op.WARN, lambda body, raw: logger.warning(
             "zray: %s", body.get("message", "")))
         self.transport.on_lost(self.objects.release_waiters)
+        self.direct = DirectCalls(self.transport, agent_address, self.objects.arrived)
+        self.transport.on(Op.ACTOR_DIRECT, self.direct.on_offer)
 
     # ------------------------------------------------------------------ state
     @property
@@ -134,6 +137,13 @@ class Client:
         """Dispatch what has arrived, without waiting."""
         self.transport.receive_pending()
 
+    def side_socket(self, kind: int, handler: Callable[[List[Any]], None]) -> Any:
+        """A socket read with the agent's (see Transport.add_socket)."""
+        return self.transport.add_socket(kind, handler)
+
+    def send_on(self, sock: Any, frames: List[Any]) -> bool:
+        return self.transport.send_on(sock, frames)
+
     def request(self, op: Op, body: dict, *raw: Any,
                 timeout: float = 60.0) -> Tuple[Op, dict, Sequence[Any]]:
         """Send a request, wait for its reply; an ERROR reply is raised as its exception."""
@@ -161,6 +171,7 @@ class Client:
         self.send(_encode(Op.CANCEL, {"task_id": task_id, "force": force}))
 
     def kill_actor(self, actor_id: bytes, no_restart: bool = True) -> None:
+        self.direct.close(actor_id)  # later calls go the agent's way: it knows of the kill
         self.send(_encode(Op.KILL, {"actor_id": actor_id, "no_restart": no_restart}))
 
     def log(self, job_id: bytes, name: str, lines: List[str], *, stderr: bool = False) -> None:
@@ -399,7 +410,10 @@ class Client:
         oids = protocol.returns_of(spec)
         refs = [ObjectRef(oid, _held=True) for oid in oids]
         self.objects.expect(oids)  # the agent pushes a task's results to its submitter
-        self.outbox.submit(spec)
+        if "actor_id" in spec and "method" in spec and self.direct.route(spec):
+            self.outbox.submit_direct(spec)
+        else:
+            self.outbox.submit(spec)
         return refs
 
     def encode_args(self, args: Sequence[Any], kwargs: Dict[str, Any],

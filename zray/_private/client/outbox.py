@@ -80,12 +80,53 @@ class Outbox:
         self._queue: "collections.deque" = collections.deque()
         self._released: "collections.deque" = collections.deque()
         self._last_item = 0.0          # when the last submit, put or done was queued
+        #: Sends direct actor calls to their workers (see submit_direct), with the lock held.
+        self.direct: Callable[[List[dict]], None] = lambda specs: None
+        self._lazy: "collections.deque" = collections.deque()  # SUBMITs of direct calls
+        self._calls: List[dict] = []   # direct calls of a burst, not sent yet
         self.last_flush = 0.0
         self.closed = False
 
     # ------------------------------------------------------------------ producers
     def submit(self, spec: dict) -> None:
         self._add((_SUBMIT, spec))
+
+    def submit_direct(self, spec: dict) -> None:
+        """A direct actor call: sent to its worker now; its SUBMIT, which the agent
+        needs soon but not first, waits for the next message to the agent and goes
+        ahead of it.  A call with refs in its arguments is SUBMITted first: the
+        worker asks the agent for them, which must know the call holds them."""
+        now = self._clock()
+        in_burst = now - self._last_item < BURST_GAP
+        self._last_item = now
+        with self.lock:
+            if self.closed:
+                return
+            self._lazy.append((_SUBMIT, spec))
+            calls = self._calls
+            calls.append(spec)
+            if "deps" in spec or "contained" in spec:
+                self._flush_locked(False)
+                self._after_send()
+            elif not in_burst or len(calls) >= FLUSH_AT:
+                self._send_calls_locked()
+                self._after_send()
+        lazy = len(self._lazy)
+        if lazy >= FLUSH_AT:
+            self.flush(True)
+        elif lazy == 1 or self._calls:
+            self._wake()
+
+    def _send_calls_locked(self) -> None:
+        calls, self._calls = self._calls, []
+        if len(calls) == 1 or all(c["actor_id"] == calls[0]["actor_id"] for c in calls):
+            self.direct(calls)
+            return
+        by_actor: dict = {}
+        for spec in calls:
+            by_actor.setdefault(spec["actor_id"], []).append(spec)
+        for specs in by_actor.values():
+            self.direct(specs)
 
     def put(self, entry: list, data: Any) -> None:
         """An inline object: ``entry`` is ``[object_id, layout, contained]``."""
@@ -141,30 +182,36 @@ class Outbox:
     @property
     def has_queued(self) -> bool:
         """Whether items other than releases wait to be sent."""
-        return bool(self._queue)
+        return bool(self._queue or self._lazy or self._calls)
 
     def send(self, frames: List[Any]) -> None:
         """Send one message now, after everything queued before it."""
         with self.lock:
             if self.closed:
                 return
-            if self._queue:
+            if self._queue or self._lazy:
                 self._flush_locked(False)
             self._send(frames)
             self._after_send()
 
     def flush(self, releases: bool = False) -> None:
         """Send the queued items (and the releases if asked)."""
-        if self._queue or (releases and self._released):
+        if self._queue or (releases and (self._released or self._lazy)):
             with self.lock:
                 if not self.closed:
                     self._flush_locked(releases)
                     self._after_send()
+        if self._calls:  # their SUBMITs may wait (see submit_direct)
+            with self.lock:
+                if not self.closed and self._calls:
+                    self._send_calls_locked()
+                    self._after_send()
 
     def flush_if_idle(self) -> None:
         """Send the queue if nothing has been sent for a batch window."""
-        if self._queue and self._clock() - self.last_flush >= BATCH_WINDOW:
-            self.flush()
+        if (self._queue or self._calls or self._lazy) and \
+                self._clock() - self.last_flush >= BATCH_WINDOW:
+            self.flush(bool(self._lazy))
 
     def close_locked(self) -> None:
         """Send what is left (best effort) and refuse all later sends; call with
@@ -179,6 +226,10 @@ class Outbox:
 
     def _flush_locked(self, releases: bool) -> None:
         queue = self._queue
+        lazy = self._lazy
+        if lazy:  # they go first: what follows may name their results
+            queue.extendleft(reversed(lazy))
+            lazy.clear()
         if releases:
             released = self._released
             while released:
@@ -223,4 +274,6 @@ class Outbox:
                 while queue and queue[0][0] is op:
                     ids.append(queue.popleft()[1])
                 send(_encode(op, {"object_ids": ids}))
+        if self._calls:
+            self._send_calls_locked()
         self.last_flush = self._clock()

@@ -101,6 +101,7 @@ class Transport:
         self._handlers: Dict[Op, Tuple[Handler, bool]] = {}
         self._lost_listeners: List[Callable[[], None]] = []
         self._replies: Dict[int, Reply] = {}
+        self._side: Dict[Any, Callable[[List[Any]], None]] = {}  # see add_socket
         self._req_ids = itertools.count(1)
         self._reading_wanted = reading_wanted
         self._background = threading.Event()       # wakes the I/O thread
@@ -183,6 +184,9 @@ class Transport:
                 return
             self.outbox.close_locked()
             self._sock_closed = True
+            for side in self._side:
+                side.close(linger=0)
+            self._side.clear()
             self._sock.close(linger=100)
             self._ctx.term()
         for fd in (self._wake_r, self._wake_w):
@@ -190,6 +194,40 @@ class Transport:
                 os.close(fd)
             except OSError:
                 pass
+
+    # ------------------------------------------------------------------ side sockets
+    def add_socket(self, kind: int, handler: Callable[[List[Any]], None]) -> Any:
+        """A socket read along with the agent's: ``handler(frames)`` for each
+        message, on the reading thread (the direct path: a worker's ROUTER for
+        its actor's callers, a caller's DEALER to an actor's worker).  Bind or
+        connect it, and send on it with :meth:`send_on` (or with the lock held)."""
+        sock = self._ctx.socket(kind)
+        for option in (zmq.LINGER, zmq.SNDHWM, zmq.RCVHWM):
+            sock.setsockopt(option, 0)
+        with self._lock:
+            self._side[sock] = handler
+            self._poller.register(sock.getsockopt(zmq.FD), select.POLLIN)
+        self._wake_leader()  # a reader asleep in poll() takes the new socket in
+        return sock
+
+    def remove_socket(self, sock: Any) -> None:
+        with self._lock:
+            if self._side.pop(sock, None) is not None and not self._sock_closed:
+                self._poller.unregister(sock.getsockopt(zmq.FD))
+                sock.close(linger=0)
+
+    def send_on(self, sock: Any, frames: List[Any]) -> bool:
+        """Send on a side socket now, never blocking; False if it could not."""
+        with self._lock:
+            if self._sock_closed or sock not in self._side:
+                return False
+            try:
+                sock.send_multipart(frames, _NOBLOCK, copy=all(len(f) < _ZERO_COPY_MIN
+                                                               for f in frames))
+            except zmq.ZMQError:
+                return False
+            self._after_send_locked()
+        return True
 
     # ------------------------------------------------------------------ sending
     def _send_locked(self, frames: List[Any]) -> None:
@@ -201,7 +239,8 @@ class Transport:
         # a message that arrived meanwhile, so a reader asleep in poll() must
         # be told to look again.  With no reader, the next one drains before
         # it polls.
-        if self._leader.locked() and self._sock.get(_EVENTS) & _POLLIN:
+        if self._leader.locked() and (self._sock.get(_EVENTS) & _POLLIN or any(
+                side.get(_EVENTS) & _POLLIN for side in self._side)):
             self._wake_leader()
 
     def _wake_leader(self) -> None:
@@ -304,12 +343,29 @@ class Transport:
             for frames in batch:
                 self._dispatch(frames)
             count += len(batch)
+            if self._side:
+                count += self._drain_side()
             if len(batch) < 256:
                 break
         if count and self._followers:
             with self._cond:
                 self._cond.notify_all()
         return count
+
+    def _drain_side(self) -> int:
+        batch = []
+        with self._lock:
+            if self._sock_closed:
+                return 0
+            for sock, handler in self._side.items():
+                while sock.get(_EVENTS) & _POLLIN:
+                    batch.append((handler, sock.recv_multipart(_NOBLOCK)))
+        for handler, frames in batch:
+            try:
+                handler(frames)
+            except Exception as exc:  # one bad message must not break the reader
+                logger.warning("zray: ignoring a malformed direct message: %r", exc)
+        return len(batch)
 
     def _step_down(self) -> None:
         if self._followers:

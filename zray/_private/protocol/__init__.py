@@ -74,6 +74,10 @@ class Op(enum.IntEnum):
     RESERVE_NAME = 21   # claim a name for an actor about to be created
     YIELDED = 22        # a generator task's next item (a TaskDone's fields; the task goes on)
 
+    # client <-> an actor's worker on the same node (the direct path)
+    DIRECT_CALL = 24    # actor calls, sent straight to the actor's worker (also SUBMITted)
+    DIRECT_REPLY = 25   # a direct call's inline results (a TaskDone), straight to its caller
+
     # node agent -> client
     WELCOME = 40
     OBJECT = 41
@@ -86,6 +90,7 @@ class Op(enum.IntEnum):
     ERROR = 48          # a request could not be served
     PIN_REPLY = 49
     NAME_RESERVED = 50
+    ACTOR_DIRECT = 51   # a caller may now send an actor's calls straight to its worker
 
     # node agent <-> head
     REGISTER = 60
@@ -149,7 +154,8 @@ BODIES: Dict[Op, Any] = {
     Op.DECREF: ObjectIds, Op.FETCH: Fetch, Op.PUT: Put, Op.ALLOC: Alloc, Op.SEAL: Seal,
     Op.TASK_DONE: TaskDone, Op.YIELDED: TaskDone, Op.LOG: Log, Op.CANCEL: Cancel,
     Op.QUERY: Query, Op.ABORT: Abort, Op.KILL: Kill, Op.PIN: Pin, Op.UNPIN: ObjectIds,
-    Op.RESERVE_NAME: ReserveName, Op.WELCOME: Welcome, Op.OBJECT: Descriptor,
+    Op.RESERVE_NAME: ReserveName, Op.DIRECT_CALL: Submit, Op.DIRECT_REPLY: TaskDone,
+    Op.ACTOR_DIRECT: ActorDirect, Op.WELCOME: Welcome, Op.OBJECT: Descriptor,
     Op.EXECUTE: Execute, Op.ALLOC_REPLY: OffsetReply, Op.PIN_REPLY: OffsetReply,
     Op.QUERY_REPLY: QueryReply, Op.WARN: Warn, Op.INTERRUPT: Interrupt, Op.ERROR: Error,
     Op.REGISTER: NodeInfo,

@@ -76,6 +76,7 @@ class TaskSpec(TypedDict, total=False):
     concurrency_group: str      # an actor call's group, over its method's own
     generator: str              # "streaming" (items: results 1, 2, ...; result 0: the count)
     runtime_env: RuntimeEnvSpec  # working_dir, py_modules, pip: built per node, by key
+    direct: bytes               # an actor call also sent straight to this worker (its ID)
 
 
 _TASK_FIELDS = frozenset(TaskSpec.__annotations__)
@@ -174,6 +175,7 @@ class TaskDone(TypedDict, total=False):
     error: str           # "Type: message" when it raised; "" otherwise
     run_seconds: float   # how long the function ran (the agent sends quick ones ahead)
     retryable: bool      # it raised an exception its retry_exceptions names: run it again
+    direct: bool         # the call came straight from its caller (see ActorDirect)
 
 
 class Log(TypedDict, total=False):
@@ -274,3 +276,26 @@ class Warn(TypedDict):
 
 class Interrupt(TypedDict):
     task_id: bytes
+
+
+class ActorDirect(TypedDict):
+    """The direct path to a local actor, offered to one caller (or withdrawn).
+
+    Offered when every call the caller made to the actor is done: ``seen``
+    counts the calls the agent had from it, and the caller takes the offer
+    only if that is all it sent, so no call it sent the agent's way can be
+    overtaken.  ``worker_id`` names the worker (see :func:`direct_endpoint`);
+    empty, the offer is withdrawn (the worker is gone): calls go through the
+    agent again, which answers for those sent direct.
+    """
+    actor_id: bytes
+    worker_id: bytes
+    seen: int
+
+
+def direct_endpoint(agent_address: str, worker_id: bytes) -> str:
+    """Where an actor's worker takes direct calls: next to its agent's socket
+    (same node, ipc only); "" when the agent is not on ipc."""
+    if not agent_address.startswith("ipc://"):
+        return ""
+    return f"{agent_address.rsplit('/', 1)[0]}/zray_w_{worker_id.hex()}.sock"
