@@ -213,3 +213,13 @@ def test_generator_calls(session):
     assert direct_to(log)
     for _ in range(20):  # its items may reach the agent before the call's SUBMIT
         assert [zray.get(ref) for ref in log.count_to.remote(5)] == [0, 1, 2, 3, 4]
+
+
+def test_an_answer_does_not_wait_for_the_long_call_behind_it(session):
+    log = Log.remote()
+    assert direct_to(log)
+    for _ in range(5):
+        quick = log.add.remote("quick")
+        slow = log.nap.remote(3)
+        assert zray.get(quick, timeout=2) >= 1  # answers are batched, but not held
+        zray.cancel(slow)

@@ -37,6 +37,8 @@ from zray._private.runtime_env import resolve
 
 #: How long an actor that exited waits for the agent to end its process.
 KILL_WAIT = 10.0
+#: A direct call's answer waits at most this long for those of the calls behind it.
+REPLY_WINDOW = 0.001
 
 
 class ActorExit(SystemExit):
@@ -85,6 +87,9 @@ class ActorHost:
         self.exit_reason = ""                 # set by exit_actor(): no new call starts
         self.exiting = threading.Event()      # the process is on its way out
         self.direct: Any = None               # the ROUTER callers on this node call it on
+        self.replies: Dict[bytes, List[tuple]] = {}  # caller -> answers held for a batch
+        self.replies_lock = threading.Lock()
+        self.replies_due = False              # a timer sends the held answers soon
 
     # ------------------------------------------------------------------ creation
     def create(self, cls: type, spec: dict, *args: Any, **kwargs: Any) -> None:
@@ -147,8 +152,34 @@ class ActorHost:
             tasks.append((Op.EXECUTE, {"task": spec}, ()))
 
     def reply(self, spec: dict, done: dict, frames: List[Any]) -> None:
-        self.worker.client.send_on(self.direct, [spec["reply_to"], *protocol.encode(
-            Op.DIRECT_REPLY, done, *frames)])
+        """Answer a direct call: at once when nothing is queued behind it (or calls
+        run concurrently), else with the answers of the calls that follow."""
+        if self.runner is not None:  # calls run on other threads: each answered alone
+            self.send_reply(spec["reply_to"], done, frames)
+            return
+        with self.replies_lock:
+            held = self.replies.setdefault(spec["reply_to"], [])
+            held.append((done, frames))
+            now = not self.worker.tasks or len(held) >= 64
+            later = not now and not self.replies_due
+            self.replies_due = self.replies_due or later
+        if now:
+            self.flush_replies()
+        elif later:  # the next call may run long: its predecessors' answers do not wait
+            timer = threading.Timer(REPLY_WINDOW, self.flush_replies)
+            timer.daemon = True
+            timer.start()
+
+    def flush_replies(self) -> None:
+        with self.replies_lock:
+            replies, self.replies = self.replies, {}
+            self.replies_due = False
+        for caller, held in replies.items():
+            self.send_reply(caller, *(protocol.pack_batch(held) if len(held) > 1 else held[0]))
+
+    def send_reply(self, caller: bytes, body: dict, frames: List[Any]) -> None:
+        self.worker.client.send_on(self.direct, [caller, *protocol.encode(
+            Op.DIRECT_REPLY, body, *frames)])
 
     def direct_args(self, spec: dict) -> List[Any]:
         """A direct call's ref arguments, which no agent resolved: got here."""
