@@ -1,12 +1,14 @@
 """The node agent's object table, alone: refs, sealing, fetches, pins, spilling."""
 
 import pickle
+import time
 
 import pytest
 
-from agent_parts import DRIVER, make_agent, results_for, sent
+from agent_parts import DRIVER, export, make_agent, results_for, sent, spec, submit
 from zray import exceptions
 from zray._private import ids, protocol
+from zray._private.agent.early_refs import EARLY_REF_GRACE
 from zray._private.protocol import ObjectKind, Op
 
 pytestmark = pytest.mark.timeout(30)
@@ -174,3 +176,45 @@ def test_a_seal_must_name_space_its_client_allocated_for_that_object(agent):
     agent.objects.on_seal(OTHER, {"object_id": object_id, "offset": offset, "size": 1000,
                                   "layout": [[0, 1000]]}, [])
     assert agent.objects.get(object_id).state.name == "READY"
+
+
+def test_a_ref_to_an_object_nothing_makes_stops_its_readers_and_an_early_one_works(agent):
+    stray, waited, held, early = oid(), oid(), oid(), oid()
+    agent.objects.on_addref(OTHER, {"object_ids": [stray, held, early]}, [])
+    agent.objects.on_addref(DRIVER, {"object_ids": [waited]}, [])
+    agent.objects.on_fetch(OTHER, {"object_ids": [stray]}, [])       # a reader waits for it
+    export(agent)
+    making = spec("making")                                  # no worker: it stays queued
+    made = ids.object_id(making["task_id"], 0)
+    agent.objects.on_addref(OTHER, {"object_ids": [made]}, [])       # before its SUBMIT
+    [result, _] = submit(agent, spec("needs", deps=[waited]), making)   # waits for it too
+    put(agent, DRIVER, early, b"hi")     # an early ADDREF's object comes after it
+    now = time.monotonic()
+    agent.objects.tick(now + EARLY_REF_GRACE / 2)
+    assert agent.objects.get(stray) is not None   # within its grace: it may yet come
+    agent.objects.tick(now + EARLY_REF_GRACE + 2)
+    # Those read went; one only held stays (it may name an object on another node).
+    assert set(agent.objects.objects) == {early, made, result, held}
+    desc, data = results_for(agent, OTHER)[stray]
+    assert desc["kind"] == ObjectKind.ERROR and "not known to this node" in str(
+        pickle.loads(data))
+    desc, data = results_for(agent)[result]                  # the task failed, not stuck
+    assert isinstance(pickle.loads(data), exceptions.ObjectLostError)
+    agent.objects.on_decref(OTHER, {"object_ids": [stray]}, [])   # nothing to let go now
+    agent.objects.on_decref(DRIVER, {"object_ids": [early]}, [])  # OTHER's ref holds it
+    agent.objects.on_fetch(OTHER, {"object_ids": [early]}, [])
+    assert bytes(results_for(agent, OTHER)[early][1]) == b"hi"
+    assert agent.objects.get(made).refs == 2   # its task makes it: both refs kept
+
+
+def test_refs_to_unknown_objects_are_kept_up_to_a_limit_the_oldest_going_first(agent):
+    agent.objects.early.limit = 3
+    first, *rest = [oid() for _ in range(4)]
+    agent.objects.on_addref(OTHER, {"object_ids": [first]}, [])
+    put(agent, DRIVER, rest[0], b"ok")   # known: its ADDREF makes no entry
+    agent.objects.on_addref(OTHER, {"object_ids": rest}, [])
+    assert agent.objects.get(first) is not None
+    agent.objects.on_addref(DRIVER, {"object_ids": [oid()]}, [])   # one too many
+    assert agent.objects.get(first) is None and len(agent.objects.early.since) == 3
+    assert all(agent.objects.get(o) is not None for o in rest)
+    agent.objects.on_decref(OTHER, {"object_ids": [first]}, [])   # its ref went already

@@ -137,6 +137,53 @@ def test_a_too_long_session_root_is_named(monkeypatch):
         services.session_root()
 
 
+@pytest.fixture
+def short_tmp(monkeypatch):
+    """ZRAY_TMPDIR in a folder short enough for socket paths."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="zr", dir="/tmp") as folder:
+        monkeypatch.setenv("ZRAY_TMPDIR", folder)
+        yield folder
+
+
+def test_zray_head_finds_the_head_that_died_while_its_node_runs_on(short_tmp):
+    import json
+
+    import psutil
+
+    from zray._private import restore
+
+    alive = {"pid": os.getpid(), "created": psutil.Process().create_time()}
+    dead = {"pid": os.getpid(), "created": 1.0}   # the same pid once: another process
+
+    def record(name, procs, port, started, logs=True, **extra):
+        folder = os.path.join(services.session_root(), name)
+        os.makedirs(os.path.join(folder, "logs") if logs else folder)
+        with open(os.path.join(folder, services.RECORD), "w") as f:
+            json.dump(dict({"kind": "head", "address": f"127.0.0.1:{port}", "token": "t",
+                            "procs": procs, "started": started}, **extra), f)
+
+    record("running", [alive, alive], 7001, 5)
+    record("all_gone", [dead, dead], 7002, 4)
+    assert restore.find_restorable() == (None, [])    # nothing to restore: as always
+    record("broken", [dead], 7003, 3)
+    record("no_folder", [dead, alive], 7004, 2, logs=False)
+    record("wanted", [dead, alive], 7005, 1)
+    found, why_not = restore.find_restorable()
+    assert found["address"] == "127.0.0.1:7005"
+    assert why_not == ["the head at 127.0.0.1:7003: its record names its processes in a "
+                       "form this zray does not read",
+                       "the head at 127.0.0.1:7004: its session folder is gone"]
+    assert restore.find_restorable(7005)[0]["address"] == "127.0.0.1:7005"
+    found, why_not = restore.find_restorable(7009)
+    assert found is None and "another port than 7009" in why_not[-1]
+    with pytest.raises(services.ClusterError, match="cannot be restored: its record names"):
+        restore.dead_head("127.0.0.1:7003")
+    with pytest.raises(services.ClusterError, match="is running: nothing to restore"):
+        restore.dead_head("127.0.0.1:7001")
+
+
 # ---------------------------------------------------------------------- the head
 # A real Head on ipc sockets in this process, driven one poll at a time; each
 # DEALER stands for a node agent (identity = node ID, as the agent sets it).
@@ -386,6 +433,40 @@ def test_a_result_for_a_node_not_registered_yet_waits_for_it(rig):
     got, body, _ = origin.recv()
     assert got == Op.RESULT and body["task_id"] == task_id   # before its REGISTERED
     assert origin.expect(Op.REGISTERED)["pub_address"]
+
+
+def test_a_lost_object_is_asked_of_its_owner_and_the_answer_goes_back(rig):
+    owner, maker, reader = rig.peer(b"owner"), rig.peer(b"maker"), rig.peer(b"reader")
+    for peer in (owner, maker, reader):
+        peer.register({"CPU": 1.0})
+    task_id = ids.new_id()
+    made, nested = ids.object_id(task_id, 0), ids.object_id(ids.new_id(), 0)
+    shared = {"kind": int(protocol.ObjectKind.SHARED), "layout": [[0, 10]], "size": 4096,
+              "contained": []}
+    maker.send(Op.RESULT, {"task_id": task_id, "origin": owner.node_id, "node_id": maker.node_id,
+                           "error": "", "results": [dict(shared, object_id=made),
+                                                    dict(shared, object_id=nested, inner=True)]})
+    owner.expect(Op.RESULT)
+    ask = {"object_id": made, "node_id": reader.node_id, "unreachable": [maker.node_id]}
+    reader.send(Op.REBUILD, ask)
+    assert owner.expect(Op.REBUILD) == ask
+    answer = {"object_id": made, "node_id": reader.node_id, "holders": [owner.node_id],
+              "error_type": "", "message": ""}
+    owner.send(Op.REBUILT, answer)
+    assert reader.expect(Op.REBUILT) == answer
+    reader.send(Op.REBUILD, dict(ask, object_id=nested))   # a put nested in a result
+    lost = reader.expect(Op.REBUILT)
+    assert lost["holders"] == [] and lost["error_type"] == "ObjectLostError"
+    assert "zray.put" in lost["message"]
+    reader.send(Op.REBUILD, ask)
+    owner.expect(Op.REBUILD)
+    rig.head.nodes[owner.node_id].last_seen -= 60   # the owner dies while making it again
+    rig.head.purge_expired()
+    died = reader.expect(Op.REBUILT)
+    assert died["error_type"] == "OwnerDiedError" and "died" in died["message"]
+    reader.send(Op.REBUILD, ask)                    # asked again: its owner is dead
+    assert reader.expect(Op.REBUILT)["error_type"] == "OwnerDiedError"
+    assert maker.quiet()
 
 
 def test_a_chunk_is_written_only_inside_its_object():

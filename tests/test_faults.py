@@ -17,6 +17,7 @@ import time
 
 import pytest
 from clusters import ROOT, running
+from waiting import eventually
 
 import zray
 from zray import exceptions
@@ -182,6 +183,28 @@ def test_a_head_killed_and_restored_mid_job(cluster):
     zray.kill(keeper)
 
 
+def test_plain_zray_head_restores_a_killed_head_by_itself_and_the_job_finishes(cluster):
+    @zray.remote(resources={"far": 1}, max_retries=3)
+    def step(i):
+        time.sleep(0.05)
+        return i
+
+    refs = [step.remote(i) for i in range(60)]
+    ready, _ = zray.wait(refs, num_returns=5, timeout=30)   # the job is under way
+    assert len(ready) == 5
+    head_record = next(r for r in cluster.records() if r["kind"] == "head")
+    os.kill(head_record["procs"][0]["pid"], signal.SIGKILL)
+    killed = time.monotonic()
+    out = cluster.zray("head").stdout           # no --restore, not even its port
+    assert f"zray head restored at {cluster.address}" in out, out
+    assert sorted(zray.get(refs, timeout=60)) == list(range(60))
+    assert eventually(lambda: sum(n["alive"] for n in cluster.status()["nodes"]) == 2, 20)
+    print(f"\nthe head restored by plain `zray head`: the job's 60 tasks done and both "
+          f"nodes back {time.monotonic() - killed:.1f} s after it was killed")
+    again = cluster.zray("head", "--restore", check=False)   # nothing to restore now
+    assert again.returncode != 0 and "is running: nothing to restore" in again.stderr
+
+
 def test_a_node_killed_mid_run_loses_no_task(cluster):
     @zray.remote(max_retries=3)
     def work(i):
@@ -268,3 +291,65 @@ def test_results_stay_where_made_and_lost_ones_are_rebuilt_from_lineage(cluster,
     assert made_on[0] == far and len(made_on) == 2 and made_on[1] != far, (made_on, far)
     with pytest.raises(exceptions.ObjectLostError):
         zray.get(inner, timeout=30)
+
+
+def test_a_lost_object_is_made_again_by_its_owner_for_a_reader_on_a_third_node(cluster, tmp_path):
+    """Made on node B for the driver's node A, read by tasks on node C once B is dead:
+    C asks A, through the head, to make it again."""
+    import numpy as np
+    from zray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    for resources in ({"maker": 1}, {"reader": 3}):
+        cluster.zray("worker", "--address", cluster.address, "--token", cluster.token,
+                     "--num-cpus", "1", "--resources", json.dumps(resources),
+                     "--object-store-memory", str(200 << 20))
+    assert eventually(lambda: zray.cluster_resources().get("maker") == 1
+                      and zray.cluster_resources().get("reader") == 3, 20)
+    maker = next(n["node_id"] for n in cluster.status()["nodes"]
+                 if n["alive"] and n["resources"].get("maker"))
+    there = NodeAffinitySchedulingStrategy(maker, soft=True)   # elsewhere once it is gone
+    runs, flag = tmp_path / "runs", str(tmp_path / "go")
+
+    @zray.remote(scheduling_strategy=there, max_retries=2)
+    def make(n):
+        with open(runs, "a") as f:
+            f.write(zray.get_runtime_context().get_node_id() + "\n")
+        return np.arange(n, dtype=np.int64)
+
+    @zray.remote(scheduling_strategy=there, max_retries=0)
+    def make_once(n):
+        return np.ones(n)
+
+    @zray.remote(scheduling_strategy=there)
+    def put_inside():
+        return [zray.put(np.ones(1_000_000))]
+
+    @zray.remote(num_cpus=0, resources={"reader": 1}, max_retries=0)
+    def read(box, name):
+        import os
+        import time
+        open(f"{flag}.{name}", "w").close()
+        while not os.path.exists(flag):      # until its object's node is dead
+            time.sleep(0.01)
+        return float(zray.get(box[0], timeout=60)[-1]), zray.get_runtime_context().get_node_id()
+
+    made, once = make.remote(2_000_000), make_once.remote(2_000_000)   # 16 MB each, on B
+    nested = zray.get(put_inside.remote(), timeout=30)[0]              # a put, on B
+    assert zray.wait([made, once], num_returns=2, timeout=30)[1] == []
+    readers = {name: read.remote([ref], name) for name, ref in
+               (("made", made), ("once", once), ("nested", nested))}
+    assert eventually(lambda: all(os.path.exists(f"{flag}.{name}") for name in readers), 30)
+    os.kill(cluster.record_of(maker)["procs"][0]["pid"], signal.SIGKILL)
+    killed = time.monotonic()
+    open(flag, "w").close()
+    value, read_on = zray.get(readers["made"], timeout=60)
+    took = time.monotonic() - killed
+    assert value == 1_999_999.0 and read_on not in (maker, zray.get_runtime_context().get_node_id())
+    made_on = runs.read_text().split()
+    assert made_on[0] == maker and len(made_on) == 2 and made_on[1] != maker, made_on
+    with pytest.raises(exceptions.ObjectLostError, match="max_retries=0"):
+        zray.get(readers["once"], timeout=60)
+    with pytest.raises(exceptions.ObjectLostError, match="zray.put"):
+        zray.get(readers["nested"], timeout=60)
+    print(f"\na reader on a third node had the object made again {took:.1f} s after the node "
+          f"holding it was killed")

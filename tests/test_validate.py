@@ -231,7 +231,10 @@ def test_the_ops_no_scenario_sends_have_well_formed_examples_too():
             (Op.TASK_FAILED, {"task_id": tid, "error_type": "NodeDiedError", "message": "m"}, ()),
             (Op.TASK_UNPLACEABLE, {"task_id": tid, "message": "m"}, ()),
             (Op.PUB_NODE, {"seq": 1, "event": "died", "node_id": ids.new_id()}, ()),
-            (Op.PUB_OBJECT, {"seq": 2, "node_id": ids.new_id(), "freed": [oid()]}, ())]:
+            (Op.PUB_OBJECT, {"seq": 2, "node_id": ids.new_id(), "freed": [oid()]}, ()),
+            (Op.REBUILD, {"object_id": oid(), "node_id": tid, "unreachable": [tid]}, ()),
+            (Op.REBUILT, {"object_id": oid(), "node_id": tid, "holders": [], "message": "m",
+                          "error_type": "OwnerDiedError"}, ())]:
         validate.check(*wire_form(op, body, raw))
 
 

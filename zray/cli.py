@@ -138,28 +138,31 @@ def _block_until_signal(record: dict) -> None:
 @click.option("--restore", is_flag=True,
               help="Start again the head of the cluster whose head node runs on this "
                    "machine, after its process died: same address, same token; the nodes "
-                   "register again with what they have.")
+                   "register again with what they have. Without it, `zray head` does so "
+                   "by itself when it finds such a head.")
+@click.option("--no-restore", is_flag=True,
+              help="Start a new cluster even if a head started here died while its node "
+                   "runs on.")
 @_node_options
-def head(port, host, dashboard_host, dashboard_port, include_dashboard, restore, num_cpus,
-         num_gpus, resources, object_store_memory, block) -> None:
+@click.pass_context
+def head(ctx, port, host, dashboard_host, dashboard_port, include_dashboard, restore,
+         no_restore, num_cpus, num_gpus, resources, object_store_memory, block) -> None:
     """Start a cluster: the head and this machine's node agent.
 
-    Prints the address and the token, and the exact commands that join
-    another node or connect a driver. Every TCP peer must present the
-    token (CURVE); nothing is unpickled from a peer without it.
+    If a head started on this machine died while its node runs on, start
+    that head again instead (same address, same token), unless told
+    --no-restore. Prints the address and the token, and the exact commands
+    that join another node or connect a driver. Every TCP peer must present
+    the token (CURVE); nothing is unpickled from a peer without it.
     """
     from zray._private import services
 
-    if restore:
-        from zray._private.restore import restore_head
-
-        try:
-            record = restore_head()
-        except services.ClusterError as exc:
-            raise click.ClickException(str(exc))
-        click.echo(f"zray head restored at {record['address']} (session "
-                   f"{record['session_dir']}); the nodes register again as they hear it")
-        return
+    if restore and no_restore:
+        raise click.UsageError("--restore and --no-restore ask for opposite things")
+    if restore or not no_restore:
+        asked = ctx.get_parameter_source("port") is not click.core.ParameterSource.DEFAULT
+        if _restored(restore, port if asked else None):
+            return
     settings = _node_settings(num_cpus, num_gpus, resources, object_store_memory)
     try:
         dashboard = f"{dashboard_host}:{dashboard_port}" if include_dashboard else ""
@@ -208,6 +211,35 @@ def worker(address, token, num_cpus, num_gpus, resources, object_store_memory, b
                f"{_resources_text(record['resources'])}")
     if block:
         _block_until_signal(record)
+
+
+def _restored(asked: bool, port: Optional[int]) -> bool:
+    """Start again a head of this machine that died while its node runs on: the one
+    --restore asks for, else (plain `zray head`) one found on ``port`` or any port."""
+    from zray._private import restore, services
+
+    record = None
+    try:
+        if asked:
+            record = restore.restore_head()
+        else:
+            found, why_not = restore.find_restorable(port)
+            then = "" if found is not None else "; a new cluster starts"
+            for why in why_not:
+                click.echo(f"not restored: {why}{then}", err=True)
+            if found is not None:
+                record = restore.restore_head(record=found)
+    except services.ClusterError as exc:
+        if asked:
+            raise click.ClickException(str(exc))
+        click.echo(f"not restored: {exc}; a new cluster starts", err=True)
+    if record is None:
+        return False
+    how = "" if asked else " (its process had died while its node ran on; --no-restore " \
+                           "starts a new cluster instead)"
+    click.echo(f"zray head restored at {record['address']} (session "
+               f"{record['session_dir']}){how}; the nodes register again as they hear it")
+    return True
 
 
 def _resources_text(resources: dict) -> str:

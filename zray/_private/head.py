@@ -8,12 +8,14 @@
 
 The head keeps the node table (resources, load, liveness from heartbeats),
 the object directory (which nodes hold a copy of each object that crossed
-nodes) and where each actor placed by it lives.  Tasks reach it only when a
-node cannot place them itself: demand its node can never meet, or a
-saturated node handing work to an idle one.  The head places each on a
-node, remembers it until its RESULT passes back, and places it again (or
-fails it with TASK_FAILED) if that node dies.  A single-node program never
-waits on it.
+nodes, and the node that owns it) and where each actor placed by it lives.
+When a node dies, a reader elsewhere that finds no copy left asks the
+object's owner, through the head, to make it again (``head_recovery``).
+Tasks reach it only when a node cannot place them itself: demand its node
+can never meet, or a saturated node handing work to an idle one.  The head
+places each on a node, remembers it until its RESULT passes back, and places
+it again (or fails it with TASK_FAILED) if that node dies.  A single-node
+program never waits on it.
 
 Liveness goes both ways: every HEARTBEAT is answered with a HEARTBEAT_ACK
 (``unknown`` when the head has no entry for the sender, which then registers
@@ -43,6 +45,7 @@ from zray._private import bundles, names, protocol, ratelog, scheduling, validat
 from zray._private.names import ActorNames
 from zray._private.head_pgs import PlacementGroups
 from zray._private.head_records import Directory, NodeEntry, Placed
+from zray._private.head_recovery import RecoveryVerbs
 from zray._private.head_state import ClusterState, StateVerbs
 from zray._private.head_jobs import JobManager
 from zray._private.protocol import ObjectKind, Op
@@ -50,7 +53,7 @@ from zray._private.protocol import ObjectKind, Op
 logger = logging.getLogger("zray.head")
 
 
-class Head(StateVerbs):
+class Head(StateVerbs, RecoveryVerbs):
     """The head's state and its one ROUTER loop.
 
     Building one opens nothing; :meth:`bind` opens the sockets and
@@ -69,6 +72,7 @@ class Head(StateVerbs):
         self.held_calls: Dict[bytes, List[Placed]] = {}   # by actor: its creation waits
         self.actors: Dict[bytes, bytes] = {}    # actor id -> node id
         self.directory = Directory()
+        self.rebuild_asks: Dict[bytes, set] = {}   # owner -> {(object, reader)} (see on_rebuild)
         self.names = ActorNames()
         self.state = ClusterState(self.table)
         #: RESULTs for nodes not registered (yet) with this head, delivered when they do.
@@ -90,7 +94,8 @@ class Head(StateVerbs):
                          Op.RESULT: self.on_result, Op.OBJECTS_FREED: self.on_objects_freed,
                          Op.KILL_ACTOR: self.on_kill_actor, Op.LOG: self.on_log,
                          Op.EVENTS: self.on_events, Op.JOB_ENDED: self.on_job_ended,
-                         Op.OBJECT_COPIES: self.on_object_copies}
+                         Op.OBJECT_COPIES: self.on_object_copies,
+                         Op.REBUILD: self.on_rebuild, Op.REBUILT: self.on_rebuilt}
         self.jobs = JobManager(self.reply, addresses, token, self.handlers)  # TCP heads' jobs
         self.handlers.update(self.pgs.handlers())
 
@@ -254,17 +259,6 @@ class Head(StateVerbs):
         self.tell_starter(f"joined {node_id.hex()}")
         self.place_unplaced()
 
-    def learn_back(self, node_id: bytes, body: protocol.NodeInfo) -> None:
-        """A node registering with a restarted head says what it has: its actors (and
-        their names) and the objects others know of whose bytes it holds."""
-        for aid, name, namespace, anchor, meta in body.get("actors", ()):
-            self.actors[aid] = node_id
-            if name:
-                entry = {"actor_id": aid, "anchor": anchor, "meta": meta, "node_id": node_id}
-                self.names.claim(namespace, name, entry, get_if_exists=True)
-        for oid in body.get("holds", ()):
-            self.directory.add(oid, node_id)
-
     def on_heartbeat(self, ident: bytes, body: protocol.Heartbeat, raw) -> None:
         # Every heartbeat is acked, whatever it says: the ack is how the agent
         # knows the head lives.
@@ -300,6 +294,7 @@ class Head(StateVerbs):
         logger.warning("node %s missed %d heartbeats: marked dead", node.node_id.hex()[:8],
                        protocol.HEARTBEAT_LIVENESS)
         self.directory.drop_node(node.node_id)
+        self.owner_died(node.node_id)
         self.pgs.node_died(node.node_id)
         self.names.drop_node(node.node_id, {aid for aid, where in self.actors.items()
                                             if where == node.node_id})
@@ -416,15 +411,17 @@ class Head(StateVerbs):
         placed = (self.placed.get if body.get("partial") else self.placed.pop)(
             body["task_id"], None)
         ran_on = body.get("node_id")
+        origin = body.get("origin") or (placed.origin if placed else None)
         sealed = []
         for result in body.get("results", ()):
             if result.get("kind") == ObjectKind.SHARED and ran_on is not None:
-                # Stays on the node that ran it: others pull it from there.
-                self.directory.add(result["object_id"], ran_on, int(result.get("size", 0)))
+                # Stays on the node that ran it: others pull it from there, and its owner
+                # (the origin; not of a ref nested in it) can make it again if it is lost.
+                self.directory.add(result["object_id"], ran_on, int(result.get("size", 0)),
+                                   None if result.get("inner") else origin)
                 sealed.append(result["object_id"])
         if sealed:
             self.publish(protocol.TOPIC_OBJECT, Op.PUB_OBJECT, {"node_id": ran_on, "sealed": sealed})
-        origin = body.get("origin") or (placed.origin if placed else None)
         if origin is None or self.to_node(origin, Op.RESULT, body, *raw):
             return
         if origin not in self.nodes:  # not registered again yet (this head restarted)

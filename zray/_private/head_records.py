@@ -2,15 +2,17 @@
 
 :class:`NodeEntry` is one node as the head knows it (what it registered, its
 last heartbeat), :class:`Directory` which nodes hold a copy of each object
-that crossed nodes, :class:`Placed` a forwarded task the head placed and has
-not seen finish.  Plain records with the few verbs the head's loop uses;
-nothing here sends or receives.
+that crossed nodes (and which node owns each a forwarded task made),
+:class:`Placed` a forwarded task the head placed and has not seen finish.
+Plain records with the few verbs the head's loop uses; nothing here sends or
+receives.
 """
 
 from __future__ import annotations
 
+import collections
 import time
-from typing import Any, Dict, Iterable, List, Optional, Set
+from typing import Any, Dict, Iterable, List, Optional, Set, Tuple
 
 from zray._private import protocol, scheduling
 
@@ -61,24 +63,48 @@ class NodeEntry:
         self.load["queued"] = self.load.get("queued", 0) + 1
 
 
+#: Objects of dead owners remembered, so that a reader is told its owner died.
+DEAD_OWNERS_KEPT = 100_000
+
+
 class Directory:
-    """Which nodes hold a copy of each object that crossed nodes, and its size."""
+    """Which nodes hold a copy of each object that crossed nodes, and its size; and
+    the owner of each object a forwarded task made: the node its RESULT went back
+    to, which keeps the task's lineage and can make the object again."""
 
     def __init__(self) -> None:
         self.holders: Dict[bytes, Set[bytes]] = {}
         self.sizes: Dict[bytes, int] = {}
+        self.owners: Dict[bytes, bytes] = {}
+        self.dead_owners: "collections.OrderedDict[bytes, bytes]" = collections.OrderedDict()
 
     def __len__(self) -> int:
         return len(self.holders)
 
-    def add(self, oid: bytes, node_id: bytes, size: Optional[int] = None) -> None:
+    def add(self, oid: bytes, node_id: bytes, size: Optional[int] = None,
+            owner: Optional[bytes] = None) -> None:
         self.holders.setdefault(oid, set()).add(node_id)
         if size is not None:
             self.sizes[oid] = size
+        if owner is not None:
+            self.owners[oid] = owner
+
+    def own(self, oid: bytes, owner: bytes) -> None:
+        """``owner`` can make the object again (a node says so to a restarted head)."""
+        self.owners[oid] = owner
+
+    def owner_of(self, oid: bytes) -> Tuple[Optional[bytes], bool]:
+        """The node that owns the object (None: no node is known to) and whether it died."""
+        owner = self.owners.get(oid)
+        if owner is not None:
+            return owner, False
+        owner = self.dead_owners.get(oid)
+        return owner, owner is not None
 
     def free(self, oid: bytes) -> None:
         self.holders.pop(oid, None)
         self.sizes.pop(oid, None)
+        self.owners.pop(oid, None)
 
     def copies(self, node_id: bytes, copied: Iterable[bytes],
                dropped: Iterable[bytes]) -> List[bytes]:
@@ -94,10 +120,17 @@ class Directory:
         return listed
 
     def drop_node(self, node_id: bytes) -> None:
+        """A node died: it holds nothing now, and the objects it owned have a dead owner
+        (an object whose last copy went with it stays owned: its owner may make it again)."""
         for oid, holders in list(self.holders.items()):
             holders.discard(node_id)
             if not holders:
-                self.free(oid)
+                del self.holders[oid]
+                self.sizes.pop(oid, None)
+        for oid in [oid for oid, owner in self.owners.items() if owner == node_id]:
+            self.dead_owners[oid] = self.owners.pop(oid)
+        while len(self.dead_owners) > DEAD_OWNERS_KEPT:
+            self.dead_owners.popitem(last=False)
 
     def locality(self, oids: Iterable[bytes]) -> Dict[bytes, int]:
         """Bytes of ``oids`` each node already holds."""

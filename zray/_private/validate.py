@@ -49,10 +49,11 @@ _ID_OR_EMPTY = frozenset({0, ids.ID_SIZE})
 #: The size of the IDs a bytes field, or a list of bytes, holds.
 ID_SIZES: Dict[str, frozenset] = {
     "task_id": _ID, "node_id": _ID, "actor_id": _ID, "origin": _ID, "exclude_node": _ID,
-    "to_node": _ID, "job_id": _ID_OR_EMPTY, "function_id": _ID_OR_EMPTY,
+    "to_node": _ID, "job_id": _ID_OR_EMPTY, "function_id": _ID_OR_EMPTY, "holders": _ID,
     "object_id": _OBJECT, "object_ids": _OBJECT, "anchor": _OBJECT, "args_object": _OBJECT,
     "deps": _OBJECT, "contained": _OBJECT, "sealed": _OBJECT, "freed": _OBJECT,
     "holds": _OBJECT, "pg_id": _ID, "bundle_nodes": _ID_OR_EMPTY, "worker_id": _ID_OR_EMPTY,
+    "lineage": _OBJECT, "unreachable": _ID,
 }
 #: Maps keyed by object IDs, and the size of the node IDs listed in their values.
 KEY_SIZES: Dict[str, frozenset] = {"inline": _OBJECT, "locations": _OBJECT,

@@ -31,6 +31,7 @@ import zmq
 from zray import exceptions
 from zray._private import protocol, ratelog, scheduling, validate
 from zray._private.agent.objects import READY, SHARED, is_remote
+from zray._private.agent.rebuilds import Rebuilds
 from zray._private.agent.tasks import REMOTE, WAITING, Task
 from zray._private.protocol import HEARTBEAT_INTERVAL, HEARTBEAT_LIVENESS, Op
 
@@ -163,6 +164,7 @@ class ClusterLink:
         self.freed_out: List[bytes] = []           # exported objects freed here: announce
         self.copies_out: Dict[str, List[bytes]] = {"copied": [], "dropped": []}
         self.job_origins: Dict[bytes, bytes] = {}  # job -> node of its driver
+        self.rebuilds = Rebuilds(node_id, objects, head, wire)   # lost objects, made again
         self.subscribe: Callable[[str], None] = lambda address: None  # set by the agent
 
     # ------------------------------------------------------------------ head link
@@ -179,6 +181,7 @@ class ClusterLink:
             remote = self.tasks.remote_tasks()
             for task in remote:
                 self.forward(task)
+            self.rebuilds.ask_again()
             if remote:
                 logger.info("the head is back: %d remote task(s) handed over again",
                             len(remote))
@@ -205,6 +208,7 @@ class ClusterLink:
     def object_freed(self, oid: bytes, obj: Any) -> None:
         """Listener: other nodes hold copies of an exported object; they drop them.
         A pulled copy's going is this node's alone (its owner frees the object)."""
+        self.rebuilds.freed(oid)
         if obj.copy:
             if obj.kind == SHARED and not obj.where:   # there were bytes here
                 self.copies_out["dropped"].append(oid)
@@ -544,10 +548,12 @@ class ClusterLink:
             if obj.held_for == node_id:
                 self.release_held(oid)
                 continue
-            if node_id in obj.where:
+            there = node_id in obj.where
+            if there:
                 obj.where.remove(node_id)
             if self.transfer.pulling_from(oid, node_id):
                 self.transfer.retry(oid, obj)
-            elif not obj.where and obj.offset < 0 and not obj.pulling and is_remote(obj):
+            elif not obj.where and obj.offset < 0 and not obj.pulling and (
+                    is_remote(obj) or (there and obj.state is not READY)):  # a copy to come
                 self.objects.lose(oid, obj, f"the only node holding it ({node_id.hex()[:8]}) "
-                                            f"died")
+                                            f"died", [node_id])

@@ -181,6 +181,8 @@ class Agent:
             self.transfer.on_copied = cluster.object_copied
             objects.freed_listeners.append(tasks.result_freed)
             objects.rebuild = tasks.rebuild
+            objects.ask_owner = cluster.rebuilds.ask
+            objects.on_wanted_ready = cluster.rebuilds.ready
             tasks.forward = cluster.forward
             tasks.on_forwarded_finished = cluster.send_result
             tasks.on_forwarded_yielded = cluster.send_items
@@ -220,7 +222,8 @@ class Agent:
                 Op.FORWARD: cluster.on_forward, Op.RESULT: cluster.on_result,
                 Op.TASK_FAILED: cluster.on_task_failed,
                 Op.TASK_UNPLACEABLE: cluster.on_task_unplaceable,
-                Op.KILL_ACTOR: cluster.on_kill_actor})
+                Op.KILL_ACTOR: cluster.on_kill_actor, Op.REBUILD: cluster.rebuilds.on_rebuild,
+                Op.REBUILT: cluster.rebuilds.on_rebuilt})
         return handlers
 
     # ------------------------------------------------------------------ start/stop
@@ -340,6 +343,7 @@ class Agent:
                 self.head.tick(now)
                 self.recorder.tick(now)
                 self.workers.tick(now)
+                self.objects.tick(now)
                 if now >= next_parent:
                     next_parent = now + PARENT_CHECK_INTERVAL
                     if self.parent_pid and os.getppid() != self.parent_pid:
@@ -493,7 +497,8 @@ class Agent:
                 "transfer_address": self.transfer.address if self.transfer else "",
                 "hostname": socket.gethostname(), "actors": self.actors.registry(),
                 "holds": [oid for oid, obj in self.objects.all()
-                          if obj.exported and obj.state.name == "READY" and not obj.where]}
+                          if obj.exported and obj.state.name == "READY" and not obj.where],
+                "lineage": list(self.tasks.lineage)}
 
     def load_info(self) -> dict:
         return {"node_id": self.node_id, "available": self.resources.as_amounts(),

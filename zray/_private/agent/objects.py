@@ -15,10 +15,16 @@ refs through ``incref``/``decref``.  :meth:`ObjectTable.descriptor` is the
 one place an object becomes a wire descriptor.
 
 On a cluster an object may live on another node (``where``); the transfer
-part, set as ``puller``, brings its bytes here when a reader needs them.
+part, set as ``puller``, brings its bytes here when a reader needs them.  An
+object no copy of which can be had is made again (``lose``): from this
+node's lineage, or by its owner's node when that is another.
 
-Owns: the objects, the arena's allocator, the spill store, each client's refs
-and pins, allocations not yet sealed.
+An ADDREF of an object not known yet makes a pending entry; :mod:`early_refs`
+bounds how long its readers wait and how many such entries are kept.  The
+arena, its allocator and the spill store are :class:`space.ArenaSpace`'s,
+which this class extends.
+
+Owns: the objects, each client's refs and pins, allocations not yet sealed.
 Must not: know tasks, workers or actors -- waiters are opaque, and other parts
 hear of frees through ``freed_listeners``.  Never unpickles anything.
 """
@@ -29,11 +35,13 @@ import collections
 import enum
 import logging
 import pickle
+import time
 from typing import Any, Callable, Dict, List, Optional
 
 from zray import exceptions
-from zray._private.object_store import Allocator, Arena, SpillStore
 from zray._private import protocol
+from zray._private.agent.early_refs import EarlyRefs
+from zray._private.agent.space import ArenaSpace
 from zray._private.protocol import ObjectKind, Op
 
 logger = logging.getLogger("zray.node")
@@ -56,7 +64,7 @@ def system_error(exc: BaseException) -> bytes:
 class Obj:
     __slots__ = ("state", "kind", "layout", "size", "data", "offset", "refs", "contained",
                  "waiting", "fetchers", "spilled", "owner", "pins", "where", "pulling",
-                 "exported", "held_for", "copy")
+                 "exported", "held_for", "copy", "wanted")
 
     def __init__(self) -> None:
         self.state = PENDING
@@ -75,6 +83,7 @@ class Obj:
         self.where: List[bytes] = []      # nodes holding it, while there is no copy here
         self.pulling = False              # its bytes are on their way here
         self.exported = False             # other nodes know it: announce when it is freed
+        self.wanted = False   # other nodes asked for it while it was made again (rebuilds)
         self.held_for: Optional[bytes] = None  # kept for a task's origin node until freed
         self.copy = False    # an argument of a task sent here: its bytes, once pulled, are
         #                      a copy, and freeing it here frees this copy only
@@ -87,12 +96,10 @@ def is_remote(obj: Obj) -> bool:
     return bool(obj.where) or obj.pulling
 
 
-class ObjectTable:
+class ObjectTable(ArenaSpace):
     def __init__(self, capacity: int, wire: Any) -> None:
+        super().__init__(capacity)
         self.objects: Dict[bytes, Obj] = {}
-        self.allocator = Allocator(capacity)
-        self.arena: Any = None
-        self.spill: Any = None
         self.wire = wire
         self.pending_allocs: Dict[bytes, tuple] = {}   # object -> (offset, client), unsealed
         self.held_by: Dict[bytes, set] = {}            # client -> objects it holds a ref to
@@ -100,23 +107,17 @@ class ObjectTable:
         # Listeners, set by the agent.
         self.on_waiter_ready: Callable[[Any], None] = lambda waiter: None
         self.freed_listeners: List[Callable[[bytes, Obj], None]] = []
-        # Whether a lost object is being made again (the task table's lineage).
+        # Whether a lost object is being made again: from the task table's lineage, or
+        # (an object owned elsewhere) by its owner's node, asked by rebuilds.Rebuilds.
         self.rebuild: Callable[[bytes, Obj], bool] = lambda oid, obj: False
+        self.ask_owner: Callable[[bytes, Obj, str, List[bytes]], bool] = \
+            lambda oid, obj, why, tried: False
+        self.on_wanted_ready: Callable[[bytes, Obj], None] = lambda oid, obj: None
+        self.early = EarlyRefs(self)   # entries ADDREF made for objects not known yet
         self.pin_waits: Dict[bytes, List[tuple]] = {}   # PINs waiting for bytes to land
         self.puller: Any = None    # start(oid, obj) / abandon(oid, obj): the transfer part
 
     # ------------------------------------------------------------------ store
-    def open_store(self, name: str, session_dir: str) -> None:
-        self.arena, self.spill = Arena.create(name, self.allocator.capacity), SpillStore(session_dir)
-        self.arena.keep_warm(lambda: self.allocator.high_water)
-
-    def close_store(self) -> None:
-        if self.arena is not None:
-            self.arena.close()
-            self.arena.unlink()
-        if self.spill is not None:
-            self.spill.cleanup()
-
     def allocate(self, size: int) -> Optional[int]:
         offset = self.allocator.allocate(size)
         if offset is None and size <= self.allocator.capacity:
@@ -135,38 +136,6 @@ class ObjectTable:
                 self.allocator.free(obj.offset)
                 obj.spilled = True
                 obj.offset = -1
-
-    def restore(self, oid: bytes, obj: Obj) -> bool:
-        offset = self.allocate(obj.size)
-        if offset is None:
-            return False
-        self.spill.restore_into(oid, self.arena.view(offset, obj.size))
-        obj.offset = offset
-        obj.spilled = False
-        return True
-
-    def reserve_space(self, size: int) -> Optional[int]:
-        """Free arena space for a result not made yet (never spills for it)."""
-        return self.allocator.allocate(size)
-
-    def free_space(self, offset: int) -> None:
-        """Give back space that no sealed object uses."""
-        self.allocator.free(offset)
-
-    def view(self, offset: int, size: int) -> memoryview:
-        return self.arena.view(offset, size)
-
-    @property
-    def capacity(self) -> int:
-        return self.allocator.capacity
-
-    @property
-    def used(self) -> int:
-        return self.allocator.used
-
-    def stats(self) -> dict:
-        return {"used": self.allocator.used, "capacity": self.allocator.capacity,
-                "objects": len(self.objects), "spilled": getattr(self.spill, "spilled_bytes", 0)}
 
     # ------------------------------------------------------------------ refs
     def get(self, oid: bytes) -> Optional[Obj]:
@@ -217,7 +186,19 @@ class ObjectTable:
                 obj = objects.get(oid)
                 if obj is None:
                     obj = objects[oid] = Obj()  # announced before it is sealed
+                    self.early.noted(oid, time.monotonic())
                 obj.refs += 1
+
+    def let_go(self, oid: bytes) -> None:
+        """Every client's ref to the object goes, as if each had sent DECREF."""
+        for held in self.held_by.values():
+            if oid in held:
+                held.discard(oid)
+                self.decref(oid)
+
+    def tick(self, now: float) -> None:
+        """Entries ADDREF made for objects nothing makes: their readers stop waiting."""
+        self.early.sweep(now)
 
     def on_decref(self, ident: bytes, body: dict, raw) -> None:
         held = self.held_by.get(ident)
@@ -353,6 +334,9 @@ class ObjectTable:
             waiting, obj.waiting = obj.waiting, []
             for waiter in waiting:
                 self.on_waiter_ready(waiter)
+        if obj.wanted:
+            obj.wanted = False
+            self.on_wanted_ready(oid, obj)
         if self.pin_waits and oid in self.pin_waits:
             if is_remote(obj):
                 self.request_bytes(oid, obj)  # made again elsewhere: bring it here
@@ -501,12 +485,20 @@ class ObjectTable:
                     obj.pins -= 1
 
     # ------------------------------------------------------------------ elsewhere
-    def lose(self, oid: bytes, obj: Obj, why: str) -> None:
-        """No copy of the object can be had: it is made again from its lineage if it
-        can be (see TaskTable.rebuild), else it becomes an ObjectLostError."""
-        if self.rebuild(oid, obj):
+    def lose(self, oid: bytes, obj: Obj, why: str, tried: List[bytes] = ()) -> None:
+        """No copy of the object can be had (``tried``: nodes it could not come from):
+        it is made again from its lineage if it can be (see TaskTable.rebuild), or by
+        its owner's node if that is another, else it becomes an ObjectLostError."""
+        if self.rebuild(oid, obj) or self.ask_owner(oid, obj, why, list(tried)):
             return
-        err = system_error(exceptions.ObjectLostError(f"object {oid.hex()} is lost: {why}"))
+        self.fail(oid, obj, exceptions.ObjectLostError(
+            f"object {oid.hex()} is lost: {why}; it cannot be made again (it was made by "
+            f"zray.put, by an actor, or by a task with max_retries=0 or no retries left)"))
+
+    def fail(self, oid: bytes, obj: Obj, exc: BaseException) -> None:
+        """An object whose bytes are not here becomes the error ``exc``; its readers
+        and the tasks waiting for it hear."""
+        err = system_error(exc)
         obj.where = []
         if obj.state is READY:
             obj.kind, obj.layout, obj.data, obj.offset = ERROR, [], err, -1

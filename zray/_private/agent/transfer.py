@@ -16,7 +16,7 @@ sent over CURVE: a third of the speed (see CONTRIBUTING, "Transfers").
 
 Owns: the transfer ROUTER, one DEALER per peer node, the pulls in flight.
 Must not: change an object's refs or state except through the object
-table's ``land`` and ``lose``.
+table's ``land``, ``lose`` and ``fail``.
 """
 
 from __future__ import annotations
@@ -133,7 +133,7 @@ class Transfer:
             return
         obj.pulling = False
         self.pulls.pop(oid, None)
-        self.objects.lose(oid, obj, "no alive node holding it could be reached")
+        self.objects.lose(oid, obj, "no alive node holding it could be reached", pull.tried)
 
     def request_chunk(self, sock: zmq.Socket, pull: Pull, off: int) -> None:
         sock.send_multipart(self.sealer.seal(protocol.encode(
@@ -223,7 +223,10 @@ class Transfer:
         if offset is None:
             self.pulls.pop(oid, None)
             obj.pulling = False
-            self.objects.lose(oid, obj, f"this node's store has no room for its {size} bytes")
+            # Not lost, so not made again: a new copy would find no more room here.
+            self.objects.fail(oid, obj, exceptions.ObjectStoreFullError(
+                f"object {oid.hex()} cannot come to this node: its store has no room for "
+                f"its {size} bytes"))
             return False
         pull.offset = offset
         sock = self.peers[pull.node]

@@ -109,6 +109,8 @@ class Op(enum.IntEnum):
     COLLECT = 75        # send your events and state now, for a state query (head -> agent)
     JOB_ENDED = 76      # a driver left or died: end its job's work everywhere (agent <-> head)
     OBJECT_COPIES = 77  # copies pulled to the sender's node, and copies it dropped (agent -> head)
+    REBUILD = 78        # make a lost object again (reader's node -> head -> owner's node)
+    REBUILT = 79        # where it is now, or why it cannot be (owner's node -> head -> reader's)
 
     # node agent <-> node agent (object transfer ROUTER)
     PULL = 70           # send me [offset, offset + length) of an object
@@ -165,6 +167,7 @@ BODIES: Dict[Op, Any] = {
     Op.OBJECTS_FREED: ObjectsFreed, Op.KILL_ACTOR: KillActor, Op.PULL: PullRequest,
     Op.CHUNK: Chunk, Op.PUB_NODE: PubNode, Op.PUB_OBJECT: PubObject, Op.EVENTS: Events,
     Op.COLLECT: Collect, Op.JOB_ENDED: JobEnded, Op.OBJECT_COPIES: ObjectCopies,
+    Op.REBUILD: Rebuild, Op.REBUILT: Rebuilt,
     Op.PG_REQUEST: PgRequest, Op.PG_REPLY: PgReply, Op.BUNDLES_PREPARE: BundlesPrepare,
     Op.BUNDLES_PREPARED: BundlesPrepared, Op.BUNDLES_COMMIT: BundlesCommit,
     Op.BUNDLES_RELEASE: BundlesRelease,

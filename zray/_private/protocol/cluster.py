@@ -12,6 +12,7 @@ class NodeHas(TypedDict, total=False):
     """What a restarted head learns back from each node (empty when a node first joins)."""
     actors: List[list]       # [actor_id, name, namespace, anchor, meta] of its live actors
     holds: List[bytes]       # objects other nodes know of whose bytes are here
+    lineage: List[bytes]     # objects made elsewhere that this node can make again
 
 
 class NodeInfo(NodeHas):
@@ -142,6 +143,25 @@ class ObjectCopies(TypedDict, total=False):
     node_id: bytes
     copied: List[bytes]
     dropped: List[bytes]
+
+
+class Rebuild(TypedDict):
+    """No copy of an object can be had on the reader's node: its owner's node (the
+    one a forwarded task's RESULT went back to, which keeps the task's lineage) is
+    asked to make it again.  The head knows the owner and passes the message on."""
+    object_id: bytes
+    node_id: bytes              # the reader's node
+    unreachable: List[bytes]    # nodes the reader could not have it from
+
+
+class Rebuilt(TypedDict):
+    """The owner's answer (or the head's, when no alive node owns the object), to
+    ``node_id``: the nodes that hold it now, or, if none, the error its readers get."""
+    object_id: bytes
+    node_id: bytes              # the reader's node, the one that asked
+    holders: List[bytes]
+    error_type: str             # ObjectLostError, OwnerDiedError ... ("" with holders)
+    message: str
 
 
 class KillActor(TypedDict):
