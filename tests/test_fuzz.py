@@ -234,8 +234,11 @@ class Peer:
 
     def drain(self) -> None:
         while self.sock.poll(0):
-            self.sock.recv_multipart()
-            self.replies += 1
+            self.count(protocol.decode(self.sock.recv_multipart())[1])
+
+    def count(self, reply: dict) -> None:
+        """One answer, or several: OBJECTs of one loop pass come in one batch."""
+        self.replies += len(reply["batch"]) if "batch" in reply else 1
 
     def ask(self, op: Op, body: dict, timeout: float = 30.0) -> dict:
         """Send a request; read (and count) everything before its reply, which is returned."""
@@ -247,7 +250,7 @@ class Peer:
             _, reply, _ = protocol.decode(self.sock.recv_multipart())
             if reply.get("req") == body["req"]:
                 return reply
-            self.replies += 1
+            self.count(reply)
 
     def close(self) -> None:
         self.sock.close(0)
