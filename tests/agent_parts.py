@@ -62,15 +62,20 @@ class PipeTemplate:
 
 
 def make_agent(tmp_path: Any, cpus: float = 2, store: int = 1 << 20,
-               resources: Optional[dict] = None, token: Optional[str] = None) -> Agent:
+               resources: Optional[dict] = None, token: Optional[str] = None,
+               direct: bool = False) -> Agent:
     """An agent with its parts; with ``token``, a node of a TCP cluster (it has a
-    ClusterLink, whose messages to the head stay in ``agent.wire.to_head``)."""
+    ClusterLink, whose messages to the head stay in ``agent.wire.to_head``).
+    Unless ``direct``, it lends no worker and offers no direct path: tasks
+    take the agent's path, which these tests follow message by message."""
     agent = Agent(session_dir=str(tmp_path), node_id=NODE, head_address="ipc:///nowhere",
                   resources={"CPU": cpus, **(resources or {})}, gpu_ids=[],
                   store_bytes=store, parent_pid=None, token=token)
     agent.objects.arena = MemoryArena(store)
     agent.objects.spill = SpillStore(str(tmp_path))
     agent.workers.template = PipeTemplate()
+    agent.dispatcher.leases.early.enabled = direct
+    agent.actors.direct.enabled = direct
     agent.on_hello(DRIVER, {"kind": "driver", "pid": 1, "job_id": b"job"}, [])
     return agent
 

@@ -3,7 +3,7 @@
 
 import pytest
 
-from zray._private import ids
+from zray._private import ids, protocol
 from zray._private.agent.direct import DirectPath
 from zray._private.agent.tasks import RUNNING, WAITING, Task
 from zray._private.client.direct import DirectCalls
@@ -14,14 +14,16 @@ pytestmark = pytest.mark.timeout(30)
 class Transport:
     def __init__(self):
         self.sockets = []
-        self.outbox = type("Outbox", (), {"direct": None})()
+        self.released = []
+        self.outbox = type("Outbox", (), {"direct": None, "send": lambda _, frames:
+                                          self.released.append(protocol.decode(frames)[1])})()
 
     def add_socket(self, kind, handler):
         sock = Socket()
         self.sockets.append(sock)
         return sock
 
-    def remove_socket(self, sock):
+    def remove_socket(self, sock, linger=0):
         self.sockets.remove(sock)
 
 
@@ -46,8 +48,28 @@ def test_an_offer_is_taken_only_when_it_counts_every_call_sent_the_agents_way():
     spec = {"actor_id": actor}
     assert calls.route(spec) and spec["direct"] == worker
     calls.on_offer({"actor_id": actor, "worker_id": b"", "seen": 0})  # withdrawn
-    assert actor not in calls.channels and not calls.transport.sockets
+    assert actor not in calls.channels and not calls.transport.sockets and not calls.sockets
     assert not calls.route({"actor_id": actor})
+
+
+def test_a_lease_routes_plain_tasks_of_its_function_and_says_how_many_went():
+    calls = _calls()
+    fid, worker = ids.new_id(), ids.new_id()
+    plain = {"task_id": ids.new_id(), "function_id": fid, "num_returns": 1}
+    assert not calls.route_task(dict(plain))
+    calls.on_lease({"function_id": fid, "worker_id": worker})
+    for _ in range(3):
+        spec = dict(plain)
+        assert calls.route_task(spec) and spec["direct"] == worker
+    assert not calls.route_task(dict(plain, deps=[b"x" * 20]))  # not leasable: the agent's way
+    assert not calls.route_task(dict(plain, function_id=ids.new_id()))
+    other = ids.new_id()
+    calls.on_lease({"function_id": fid, "worker_id": other})  # a second one: declined
+    assert calls.transport.released == [{"function_id": fid, "worker_id": other, "sent": 0}]
+    calls.on_lease({"function_id": fid, "worker_id": b""})  # taken back
+    assert calls.transport.released[-1] == {"function_id": fid, "worker_id": worker, "sent": 3}
+    assert not calls.leases and not calls.transport.sockets
+    assert not calls.route_task(dict(plain))
 
 
 class Wire:
@@ -129,3 +151,39 @@ def test_a_task_done_before_its_submit_is_applied_when_the_submit_comes():
     assert path.admit(actor, call, alive=True)
     path.run_due()
     assert finished == [call.tid] and not path.early and objects.refs[inner] == 0
+
+
+# ---------------------------------------------------------------------- leases, in an agent
+def test_a_worker_is_lent_after_a_task_and_taken_back_when_others_wait(tmp_path):
+    from agent_parts import DRIVER, add_worker, done, export, make_agent, results_for, sent
+    from agent_parts import spec as task_spec
+
+    from zray._private.protocol import Op
+
+    agent = make_agent(tmp_path, cpus=1, direct=True)
+    wid = add_worker(agent, 101)
+    export(agent)
+    first = task_spec()
+    agent.on_submit(DRIVER, {"tasks": [first]}, [])
+    agent.dispatch()
+    done(agent, wid, first["task_id"])
+    fid = first["function_id"]
+    assert sent(agent, Op.LEASE, DRIVER) == [{"function_id": fid, "worker_id": wid}]
+    assert agent.resources.available["CPU"] == 0  # the lent worker keeps its CPU
+    executes = len(sent(agent, Op.EXECUTE))
+    direct = dict(task_spec(), direct=wid)
+    agent.on_submit(DRIVER, {"tasks": [direct]}, [])
+    agent.dispatch()
+    assert agent.tasks.get(direct["task_id"]).state is RUNNING
+    assert len(sent(agent, Op.EXECUTE)) == executes  # the caller sent it to the worker
+    done(agent, wid, direct["task_id"])
+    oid = ids.object_id(direct["task_id"], 0)
+    assert agent.objects.get(oid) is not None and oid not in results_for(agent)  # answered
+    waiting = task_spec(name="g", resources={"CPU": 1.0})  # another kind: it must wait
+    agent.on_submit(DRIVER, {"tasks": [waiting]}, [])
+    agent.dispatch()
+    assert sent(agent, Op.LEASE, DRIVER)[-1] == {"function_id": fid, "worker_id": b""}
+    assert agent.tasks.get(waiting["task_id"]).state is not RUNNING
+    agent.handlers[Op.RELEASED](DRIVER, {"function_id": fid, "worker_id": wid, "sent": 1}, [])
+    agent.dispatch()
+    assert agent.tasks.get(waiting["task_id"]).state is RUNNING  # on the worker given back

@@ -83,7 +83,7 @@ def _scheduler_stats():
     return state.client.query("scheduler")
 
 
-def test_tasks_sent_ahead_are_taken_back_when_their_worker_blocks():
+def test_tasks_sent_ahead_are_taken_back_when_their_worker_blocks(agent_path):
     zray.init(num_cpus=1)
     try:
         @zray.remote
@@ -115,8 +115,19 @@ def test_tasks_sent_ahead_are_taken_back_when_their_worker_blocks():
         zray.shutdown()
 
 
+@pytest.fixture
+def agent_path(monkeypatch):
+    """Tasks go through the agent (no worker lent to the caller): the tests
+    that use it are about sending ahead, which is the agent's."""
+    from zray._private.client import direct
+
+    monkeypatch.setenv("ZRAY_DIRECT_CALLS", "0")
+    monkeypatch.setattr(direct, "ENABLED", False)
+
+
 @pytest.mark.parametrize("force", [False, True])
-def test_cancelling_a_task_sent_ahead_skips_it_and_spares_its_worker(tmp_path, force):
+def test_cancelling_a_task_sent_ahead_skips_it_and_spares_its_worker(tmp_path, force,
+                                                                      agent_path):
     zray.init(num_cpus=1)
     try:
         @zray.remote

@@ -172,8 +172,10 @@ def test_nothing_is_sent_once_closed(wire, clock):
 
 # ---------------------------------------------------------------------- direct calls
 def _call(actor: bytes, **extra) -> dict:
-    return protocol.task_spec(task_id=ids.new_id(), name="A.f", actor_id=actor, method="f",
+    spec = protocol.task_spec(task_id=ids.new_id(), name="A.f", actor_id=actor, method="f",
                               args=extra)
+    spec["direct"] = actor  # (its worker: one per actor here)
+    return spec
 
 
 def _direct_outbox(wire, clock):

@@ -306,6 +306,7 @@ class ActorHost:
         client = worker.client
         try:
             worker.flush_output()
+            self.flush_replies()  # direct callers hear before the process goes
             client.flush()  # the TASK_DONEs of the calls that ran go first
             _run_atexit_handlers()
             worker.flush_output()

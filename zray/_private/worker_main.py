@@ -253,7 +253,7 @@ class Worker:
         tid = body.get("task_id")
         task = self.current_task
         if task is not None and task["task_id"] == tid:
-            os.kill(self.pid, signal.SIGINT)
+            os.kill(self.pid, signal.SIGKILL if body.get("force") else signal.SIGINT)
         elif tid == self.next_up or self.host.direct is not None or any(
                 queued[1].get("task", {}).get("task_id") == tid for queued in self.tasks):
             # Sent ahead and not started (or a direct call still on its way): never start it.
@@ -283,6 +283,7 @@ class Worker:
             try:
                 item = self.next_task()
                 if item is None or item[0] == Op.EXIT:  # connection lost, or retired
+                    self.host.flush_replies()
                     self.host.wait_if_exiting()
                     return
                 op, body, raw = item
@@ -325,6 +326,8 @@ class Worker:
     def execute(self, body: dict, raw: List[Any]) -> None:
         spec = body["task"]
         host = self.host
+        if host.direct is None:
+            host.open_direct()  # callers may be lent this worker (or call its actor) directly
         if "method" in spec and host.runner is not None:
             host.runner(body, raw)  # threaded or async actor: runs concurrently
         else:

@@ -28,10 +28,12 @@ import collections
 import logging
 import os
 import signal
+import time
 from typing import Any, Callable, Deque, Dict, List, Optional
 
 from zray import exceptions
 from zray._private import bundles, protocol
+from zray._private.agent.leases import Leases
 from zray._private.agent.tasks import FINISHED, QUEUED, RUNNING, Task
 from zray._private.agent.workers import WorkerRec, WorkerState
 from zray._private.protocol import ObjectKind, Op
@@ -64,6 +66,7 @@ class Dispatcher:
         self.on_actor_started: Callable[[Task, WorkerRec], None] = lambda task, worker: None
         self.on_running: Callable[[Task, WorkerRec], None] = lambda task, worker: None
         self.group_missing: Callable[[Task], None] = lambda task: None  # placement groups'
+        self.leases = Leases(tasks, objects, workers, wire)  # workers lent to callers
 
     # ------------------------------------------------------------------ queues
     def missing(self, task: Task) -> dict:
@@ -118,8 +121,12 @@ class Dispatcher:
         """Start queued tasks whose resources fit on idle workers, then send
         quick ones ahead to busy workers."""
         self.start_queued()
-        if self.run_times and any(self.queues.values()):
+        starved = any(self.queues.values())
+        if self.run_times and starved:
             self.fill_backlogs()
+        leases = self.leases
+        if leases.by_worker or leases.early.early:
+            leases.tick(time.monotonic(), starved)  # tasks wait: lent workers come back
 
     def start_queued(self) -> None:
         resources = self.resources
@@ -289,6 +296,7 @@ class Dispatcher:
     def task_done(self, worker: WorkerRec, body: dict, raw) -> None:
         task = worker.task
         if task is None:
+            self.leases.task_done(worker, body, raw)  # a task its caller sent it directly
             return
         if body.get("task_id") != task.tid:
             logger.warning("worker %s reported task %s while running %s", worker.wid.hex()[:8],
@@ -300,9 +308,13 @@ class Dispatcher:
         self.learn(fid, results, body.get("run_seconds"))
         if task.reserved >= 0:
             self.unreserve(task, results)
+        retry = body.get("retryable") and task.retries_left > 0 and not task.cancelled
         if worker.backlog:
             worker.task = worker.backlog.popleft()  # already there: holds what this one held
             self.on_running(worker.task, worker)    # ... and starts now
+        elif not (retry or task.cancelled or any(self.queues.values()) or
+                  self.result_sizes.get(fid)) and self.leases.offer(worker, task):
+            pass  # lent to the task's caller, for more of the same (small results)
         else:
             self.workers.release(worker)
             max_calls = task.spec.get("max_calls", 0)
@@ -310,7 +322,6 @@ class Dispatcher:
                 self.workers.retire(worker)
             else:
                 self.workers.make_idle(worker)
-        retry = body.get("retryable") and task.retries_left > 0 and not task.cancelled
         if task.cancelled or retry:
             for result in results:
                 if result.get("kind") == ObjectKind.SHARED:
@@ -344,6 +355,7 @@ class Dispatcher:
         retried or failed."""
         task = worker.task
         if task is None:
+            self.leases.worker_died(worker, status)
             return
         self.workers.release(worker)
         lost = [task, *worker.backlog]
@@ -370,7 +382,7 @@ class Dispatcher:
         worker.epoch += 1
         if worker.backlog:
             self.take_back(worker)  # they may be what it waits for
-        if worker.task is None or worker.blocked:
+        if (worker.task is None and not self.leases.leased(worker)) or worker.blocked:
             return
         worker.blocked = True
         cpu = worker.holding.get("CPU", 0)
@@ -378,7 +390,7 @@ class Dispatcher:
             self.resources.release({"CPU": cpu})
 
     def unblocked(self, worker: WorkerRec) -> None:
-        if worker.task is None or not worker.blocked:
+        if (worker.task is None and not self.leases.leased(worker)) or not worker.blocked:
             return
         worker.blocked = False
         cpu = worker.holding.get("CPU", 0)
@@ -388,9 +400,11 @@ class Dispatcher:
     def interrupt(self, task: Task, force: bool) -> None:
         """Cancel a task on its worker: KeyboardInterrupt in it, or kill the worker."""
         worker = task.worker
-        if task is not worker.task or not force:
-            # One sent ahead and not started is skipped by the worker.
-            self.wire.send(worker.wid, Op.INTERRUPT, {"task_id": task.tid})
+        if not force or task is not worker.task:
+            # One sent ahead and not started is skipped by the worker; one sent to a
+            # leased worker (which the agent does not see start) ends it if it runs.
+            self.wire.send(worker.wid, Op.INTERRUPT, {"task_id": task.tid, **(
+                {"force": True} if force else {})})
         elif worker.pid:
             try:
                 os.kill(worker.pid, signal.SIGKILL)

@@ -157,7 +157,7 @@ class Agent:
         tasks.dequeue = dispatcher.dequeue
         tasks.missing = dispatcher.missing
         tasks.interrupt = dispatcher.interrupt
-        tasks.admit_actor_task = actors.admit
+        tasks.admit_actor_task, tasks.admit_leased = actors.admit, dispatcher.leases.admit
         tasks.call_ready = actors.call_ready
         dispatcher.on_actor_started = actors.started
         dispatcher.group_missing = self.bundles.group_missing
@@ -166,7 +166,8 @@ class Agent:
             tasks.on_submitted = lambda task: recorder.submitted(
                 task, parent_of(self.workers.get(task.owner)))
             tasks.on_finished = recorder.finished
-            dispatcher.on_running = actors.on_running = recorder.running
+            dispatcher.on_running = actors.on_running = dispatcher.leases.on_running = \
+                recorder.running
         recorder.snapshot_parts = lambda: state_rows(
             self.node_id, self.clients.values(), self.workers.workers.values(),
             self.actors.actors.values())
@@ -206,7 +207,7 @@ class Agent:
             Op.UNPIN: objects.on_unpin,
             Op.EXPORT: tasks.on_export, Op.SUBMIT: self.on_submit, Op.CANCEL: tasks.on_cancel,
             Op.KILL: actors.on_kill, Op.RESERVE_NAME: actors.on_reserve_name,
-            Op.PG_REQUEST: self.bundles.on_request,
+            Op.PG_REQUEST: self.bundles.on_request, Op.RELEASED: self.dispatcher.leases.on_released,
         }
 
     def from_head_handlers(self) -> dict:
@@ -441,6 +442,7 @@ class Agent:
         if client is None:
             return
         self.objects.drop_client(ident)
+        self.dispatcher.leases.client_gone(ident)
         if client.kind == "driver" and self.wire.drivers.get(client.job) == ident:
             del self.wire.drivers[client.job]
 

@@ -111,6 +111,7 @@ class TaskTable:
         self.interrupt: Callable[[Task, bool], None] = lambda task, force: None
         self.dequeue: Callable[[Task], None] = lambda task: None
         self.early_yield: Callable[[bytes, dict, Any], None] = lambda ident, body, raw: None
+        self.admit_leased: Callable[[Task], None] = lambda task: None
 
     def get(self, tid: bytes) -> Optional[Task]:
         return self.tasks.get(tid)
@@ -141,6 +142,8 @@ class TaskTable:
             self.objects.expect_result(oid, owner)
         self.on_submitted(task)
         lost = self.hold_args(task)
+        if "direct" in task.spec and not task.is_actor_task:
+            self.admit_leased(task)  # sent straight to a worker lent to its caller
         why = self.admit_actor_task(task, False) if task.is_actor_task else None
         if why is not None:
             self.finish_with_error(task, exceptions.ActorDiedError(

@@ -68,6 +68,7 @@ class Client:
         self.transport.on_lost(self.objects.release_waiters)
         self.direct = DirectCalls(self.transport, agent_address, self.objects.arrived)
         self.transport.on(Op.ACTOR_DIRECT, self.direct.on_offer)
+        self.transport.on(Op.LEASE, self.direct.on_lease)
 
     # ------------------------------------------------------------------ state
     @property
@@ -410,7 +411,9 @@ class Client:
         oids = protocol.returns_of(spec)
         refs = [ObjectRef(oid, _held=True) for oid in oids]
         self.objects.expect(oids)  # the agent pushes a task's results to its submitter
-        if "actor_id" in spec and "method" in spec and self.direct.route(spec):
+        direct = self.direct
+        if ("actor_id" in spec and "method" in spec and direct.route(spec)) or \
+                (direct.leases and "actor_id" not in spec and direct.route_task(spec)):
             self.outbox.submit_direct(spec)
         else:
             self.outbox.submit(spec)

@@ -45,15 +45,18 @@ class DirectCalls:
         self.transport = transport
         self.agent_address = agent_address
         self.arrived = arrived
-        self.channels: Dict[bytes, tuple] = {}    # actor ID -> (worker ID, DEALER)
+        self.channels: Dict[bytes, bytes] = {}    # actor ID -> its worker, while calls go direct
+        self.actor_workers: Dict[bytes, bytes] = {}  # ... and until the offer is withdrawn
         self.sent: Dict[bytes, int] = collections.Counter()  # calls sent the agent's way
+        self.leases: Dict[bytes, list] = {}      # function ID -> [worker ID, DEALER, sent]
+        self.sockets: Dict[bytes, Any] = {}      # worker ID -> its DEALER
 
     def route(self, spec: dict) -> bool:
         """Mark an actor call direct (True) if its actor's path is open; else count it."""
         aid = spec["actor_id"]
-        channel = self.channels.get(aid)
-        if channel is not None:
-            spec["direct"] = channel[0]
+        wid = self.channels.get(aid)
+        if wid is not None:
+            spec["direct"] = wid
             return True
         self.sent[aid] += 1
         return False
@@ -62,26 +65,68 @@ class DirectCalls:
         """ACTOR_DIRECT: open the path to an actor's worker, or close it."""
         aid, wid = body["actor_id"], body["worker_id"]
         self.close(aid)
+        gone = self.actor_workers.pop(aid, None)  # withdrawn, or the actor has a new worker
+        if gone is not None:
+            self.transport.remove_socket(self.sockets.pop(gone))
         endpoint = protocol.direct_endpoint(self.agent_address, wid) if wid and ENABLED else ""
         if not endpoint or self.sent[aid] != body["seen"]:
             return  # withdrawn, or a call we sent is not in the agent's count yet
+        self.connect(wid, endpoint)
+        self.channels[aid] = self.actor_workers[aid] = wid
+
+    def connect(self, wid: bytes, endpoint: str) -> Any:
         sock = self.transport.add_socket(zmq.DEALER, self.on_reply)
         sock.connect(endpoint)
-        self.channels[aid] = (wid, sock)
+        self.sockets[wid] = sock
         self.transport.outbox.direct = self.send
+        return sock
 
     def close(self, aid: bytes) -> None:
-        channel = self.channels.pop(aid, None)
-        if channel is not None:
-            self.transport.remove_socket(channel[1])
+        """Later calls to the actor go through the agent; answers to those sent
+        still come (the socket goes when the offer is withdrawn)."""
+        self.channels.pop(aid, None)
+
+    # ------------------------------------------------------------------ leases
+    def route_task(self, spec: dict) -> bool:
+        """Mark a task direct (True) if a worker is lent to us for its function."""
+        lease = self.leases.get(spec["function_id"])
+        if lease is None or not protocol.leasable(spec):
+            return False
+        spec["direct"] = lease[0]
+        lease[2] += 1
+        return True
+
+    def on_lease(self, body: dict, raw: Sequence[Any] = ()) -> None:
+        """LEASE: a worker lent to us for one function's tasks, or taken back
+        (answered with RELEASED: how many tasks went on it; an offer we do not
+        take is answered at once, with none)."""
+        fid, wid = body["function_id"], body["worker_id"]
+        endpoint = protocol.direct_endpoint(self.agent_address, wid) if wid and ENABLED else ""
+        lease = self.leases.get(fid)
+        if endpoint and lease is None:
+            self.leases[fid] = [wid, self.connect(wid, endpoint), 0]
+            return
+        if wid and lease is not None and lease[0] == wid:
+            return  # ours already
+        if wid and lease is not None and lease[0] != wid:
+            lease = None  # a second offer for the same function: declined
+        elif not wid:
+            lease = self.leases.pop(fid, None)
+        released = {"function_id": fid, "worker_id": lease[0] if lease else wid,
+                    "sent": lease[2] if lease else 0}
+        if released["worker_id"]:
+            self.transport.outbox.send(_encode(Op.RELEASED, released))
+        if lease is not None and not wid:
+            self.sockets.pop(lease[0], None)
+            self.transport.remove_socket(lease[1], linger=5000)  # its calls still go
 
     def send(self, specs: List[dict]) -> None:
         """The outbox's hook (with the socket lock held): direct calls to one actor.
         A call that cannot be sent is the agent's to answer (it gets the SUBMIT)."""
-        channel = self.channels.get(specs[0]["actor_id"])
-        if channel is not None:
+        sock = self.sockets.get(specs[0]["direct"])
+        if sock is not None:
             try:
-                channel[1].send_multipart(_encode(Op.DIRECT_CALL, {"tasks": specs}),
+                sock.send_multipart(_encode(Op.DIRECT_CALL, {"tasks": specs}),
                                           zmq.NOBLOCK)
             except zmq.ZMQError:
                 pass

@@ -119,13 +119,13 @@ class Outbox:
 
     def _send_calls_locked(self) -> None:
         calls, self._calls = self._calls, []
-        if len(calls) == 1 or all(c["actor_id"] == calls[0]["actor_id"] for c in calls):
+        if len(calls) == 1 or all(c["direct"] == calls[0]["direct"] for c in calls):
             self.direct(calls)
             return
-        by_actor: dict = {}
+        by_worker: dict = {}
         for spec in calls:
-            by_actor.setdefault(spec["actor_id"], []).append(spec)
-        for specs in by_actor.values():
+            by_worker.setdefault(spec["direct"], []).append(spec)
+        for specs in by_worker.values():
             self.direct(specs)
 
     def put(self, entry: list, data: Any) -> None:

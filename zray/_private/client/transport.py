@@ -210,11 +210,21 @@ class Transport:
         self._wake_leader()  # a reader asleep in poll() takes the new socket in
         return sock
 
-    def remove_socket(self, sock: Any) -> None:
+    def remove_socket(self, sock: Any, linger: int = 0) -> None:
+        """Read what ``sock`` has received, then close it (what it still has to
+        send goes within ``linger`` ms).  Called by a handler: answers that came
+        on it before the message that closes it are not lost."""
+        pending = []
         with self._lock:
-            if self._side.pop(sock, None) is not None and not self._sock_closed:
-                self._poller.unregister(sock.getsockopt(zmq.FD))
-                sock.close(linger=0)
+            handler = self._side.pop(sock, None)
+            if handler is None or self._sock_closed:
+                return
+            while sock.get(_EVENTS) & _POLLIN:
+                pending.append(sock.recv_multipart(_NOBLOCK))
+            self._poller.unregister(sock.getsockopt(zmq.FD))
+            sock.close(linger=linger)
+        for frames in pending:
+            handler(frames)
 
     def send_on(self, sock: Any, frames: List[Any]) -> bool:
         """Send on a side socket now, never blocking; False if it could not."""

@@ -73,6 +73,7 @@ class Op(enum.IntEnum):
     UNPIN = 20          # the last view of a pinned object is gone
     RESERVE_NAME = 21   # claim a name for an actor about to be created
     YIELDED = 22        # a generator task's next item (a TaskDone's fields; the task goes on)
+    RELEASED = 23       # a worker lease given back: how many tasks were sent on it
 
     # client <-> an actor's worker on the same node (the direct path)
     DIRECT_CALL = 24    # actor calls, sent straight to the actor's worker (also SUBMITted)
@@ -91,6 +92,7 @@ class Op(enum.IntEnum):
     PIN_REPLY = 49
     NAME_RESERVED = 50
     ACTOR_DIRECT = 51   # a caller may now send an actor's calls straight to its worker
+    LEASE = 52          # a worker lent to a caller for tasks of one function (or taken back)
 
     # node agent <-> head
     REGISTER = 60
@@ -157,7 +159,7 @@ BODIES: Dict[Op, Any] = {
     Op.TASK_DONE: TaskDone, Op.YIELDED: TaskDone, Op.LOG: Log, Op.CANCEL: Cancel,
     Op.QUERY: Query, Op.ABORT: Abort, Op.KILL: Kill, Op.PIN: Pin, Op.UNPIN: ObjectIds,
     Op.RESERVE_NAME: ReserveName, Op.DIRECT_CALL: Submit, Op.DIRECT_REPLY: TaskDone,
-    Op.ACTOR_DIRECT: ActorDirect, Op.WELCOME: Welcome, Op.OBJECT: Descriptor,
+    Op.ACTOR_DIRECT: ActorDirect, Op.LEASE: Lease, Op.RELEASED: Released, Op.WELCOME: Welcome, Op.OBJECT: Descriptor,
     Op.EXECUTE: Execute, Op.ALLOC_REPLY: OffsetReply, Op.PIN_REPLY: OffsetReply,
     Op.QUERY_REPLY: QueryReply, Op.WARN: Warn, Op.INTERRUPT: Interrupt, Op.ERROR: Error,
     Op.REGISTER: NodeInfo,

@@ -274,8 +274,9 @@ class Warn(TypedDict):
     message: str
 
 
-class Interrupt(TypedDict):
+class Interrupt(TypedDict, total=False):
     task_id: bytes
+    force: bool          # if it is running, end the worker (zray.cancel(force=True))
 
 
 class ActorDirect(TypedDict):
@@ -291,6 +292,32 @@ class ActorDirect(TypedDict):
     actor_id: bytes
     worker_id: bytes
     seen: int
+
+
+class Lease(TypedDict):
+    """A worker lent to one caller for its tasks of one function: it sends
+    them straight to the worker (see :func:`leasable`).  An empty
+    ``worker_id`` takes the lease back; the caller answers RELEASED."""
+    function_id: bytes
+    worker_id: bytes
+
+
+class Released(TypedDict):
+    """A lease given back, after ``sent`` tasks went on it (their SUBMITs came first)."""
+    function_id: bytes
+    worker_id: bytes
+    sent: int
+
+
+#: Fields a task sent on a lease must not have: a lease is for plain tasks of
+#: one function whose arguments are all in the spec.
+_NOT_LEASABLE = ("deps", "contained", "args_object", "resources", "scheduling_strategy",
+                 "runtime_env", "generator", "max_calls", "actor_id", "env_vars")
+
+
+def leasable(spec: TaskSpec) -> bool:
+    """Whether a task may run on a leased worker (both ends ask this)."""
+    return spec.get("num_returns", 1) == 1 and not any(k in spec for k in _NOT_LEASABLE)
 
 
 def direct_endpoint(agent_address: str, worker_id: bytes) -> str:
