@@ -223,3 +223,20 @@ def test_an_answer_does_not_wait_for_the_long_call_behind_it(session):
         slow = log.nap.remote(3)
         assert zray.get(quick, timeout=2) >= 1  # answers are batched, but not held
         zray.cancel(slow)
+
+
+@zray.remote
+def call_then_return(actor, value):
+    zray.get(actor.add.remote("from a task"))
+    return value
+
+
+def test_a_call_is_sent_once_its_arguments_are_ready(session):
+    """The argument's task calls the same actor: had the call gone to the actor
+    before its argument was ready, the actor would wait for a task that waits
+    for the actor."""
+    log = Log.remote()
+    assert direct_to(log)
+    made = call_then_return.remote(log, "made")
+    assert zray.get(log.add.remote(made), timeout=20) == 2
+    assert zray.get(log.items_so_far.remote()) == ["from a task", "made"]

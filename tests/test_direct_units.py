@@ -26,6 +26,9 @@ class Transport:
     def remove_socket(self, sock, linger=0):
         self.sockets.remove(sock)
 
+    def defer(self, callback):
+        callback()
+
 
 class Socket:
     def connect(self, endpoint):
@@ -59,8 +62,11 @@ def test_a_lease_routes_plain_tasks_of_its_function_and_says_how_many_went():
     assert not calls.route_task(dict(plain))
     calls.on_lease({"function_id": fid, "worker_id": worker})
     for _ in range(3):
-        spec = dict(plain)
+        spec = dict(plain, task_id=ids.new_id())
         assert calls.route_task(spec) and spec["direct"] == worker
+        assert not calls.route_task(dict(plain, task_id=ids.new_id()))  # one at a time
+        calls.on_reply(protocol.encode(protocol.Op.DIRECT_REPLY, {
+            "task_id": spec["task_id"], "results": []}))
     assert not calls.route_task(dict(plain, deps=[b"x" * 20]))  # not leasable: the agent's way
     assert not calls.route_task(dict(plain, function_id=ids.new_id()))
     other = ids.new_id()

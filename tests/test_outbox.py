@@ -224,3 +224,20 @@ def test_a_burst_of_direct_calls_goes_in_one_message_per_actor(wire, clock):
     assert Op.SUBMIT not in wire.ops()
     outbox.flush(releases=True)
     assert wire.ops()[-1] == Op.SUBMIT and len(wire.sent[-1][1]["tasks"]) == 10
+
+
+def test_a_waiting_submit_keeps_its_place_among_those_queued_before_it(wire, clock):
+    outbox = _direct_outbox(wire, clock)
+    first = _spec(0)
+    outbox.submit(first)                       # goes at once
+    clock.tick(BURST_GAP / 10)
+    queued = _spec(1)
+    outbox.submit(queued)                      # a burst: queued
+    direct = _call(ids.new_id())
+    outbox.submit_direct(direct)               # queued behind it, sends nothing itself
+    after = _call(ids.new_id(), deps=[protocol.returns_of(queued)[0]])
+    outbox.submit_direct(after)                # names the queued task's result
+    submitted = [s["task_id"] for op, body, _ in wire.sent if op == Op.SUBMIT
+                 for s in body["tasks"]]
+    assert submitted == [first["task_id"], queued["task_id"], direct["task_id"],
+                         after["task_id"]]

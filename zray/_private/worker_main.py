@@ -433,10 +433,9 @@ class Worker:
                                    "error": error_text}
         if retryable:
             done["retryable"] = True
-        if "reply_to" in spec:  # a direct call: its caller hears first (unless run again)
+        if "reply_to" in spec:  # a direct call: its caller hears first
             done["direct"] = True
-            if not retryable:
-                self.host.reply(spec, done, frames)
+            self.host.reply(spec, done, frames)
         if started:
             done["run_seconds"] = time.perf_counter() - started
         # Queued, not sent: results of a run of quick tasks go back together.

@@ -66,7 +66,8 @@ class Client:
         self.transport.on(Op.WARN, lambda body, raw: logger.warning(
             "zray: %s", body.get("message", "")))
         self.transport.on_lost(self.objects.release_waiters)
-        self.direct = DirectCalls(self.transport, agent_address, self.objects.arrived)
+        self.direct = DirectCalls(self.transport, agent_address, self.objects.arrived,
+                                  self.objects.has, self._when_ready)
         self.transport.on(Op.ACTOR_DIRECT, self.direct.on_offer)
         self.transport.on(Op.LEASE, self.direct.on_lease)
 
@@ -396,6 +397,16 @@ class Client:
             transport.wake_io()  # the I/O thread reads while futures wait
         return future
 
+    def _when_ready(self, oid: bytes, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (after a read) once ``oid`` is here."""
+        ready, new = self.objects.when_ready(oid, callback)
+        if ready:
+            callback()
+            return
+        if new:
+            self.send(_encode(Op.FETCH, {"object_ids": new}))
+        self.transport.wake_io()  # the I/O thread reads while callbacks wait
+
     # ------------------------------------------------------------------ tasks
     def export_function(self, fid: bytes, blob: bytes, name: str) -> None:
         if fid not in self._exported:
@@ -412,8 +423,10 @@ class Client:
         refs = [ObjectRef(oid, _held=True) for oid in oids]
         self.objects.expect(oids)  # the agent pushes a task's results to its submitter
         direct = self.direct
-        if ("actor_id" in spec and "method" in spec and direct.route(spec)) or \
-                (direct.leases and "actor_id" not in spec and direct.route_task(spec)):
+        if "actor_id" in spec and "method" in spec and direct.route(spec) and direct.waits(spec):
+            self.outbox.submit(spec)  # sent to its worker once its arguments are here
+        elif "direct" in spec or (direct.leases and "actor_id" not in spec and
+                                  direct.route_task(spec)):
             self.outbox.submit_direct(spec)
         else:
             self.outbox.submit(spec)

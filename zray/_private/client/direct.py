@@ -41,14 +41,24 @@ class DirectCalls:
     """Which actors this client calls directly, and the sockets to their workers."""
 
     def __init__(self, transport: Any, agent_address: str,
-                 arrived: Callable[[dict, Sequence[Any]], Optional[list]]) -> None:
+                 arrived: Callable[[dict, Sequence[Any]], Optional[list]],
+                 has: Callable[[bytes], bool] = lambda oid: True,
+                 watch: Callable[[bytes, Callable[[], None]], None] = lambda oid, then: None
+                 ) -> None:
         self.transport = transport
         self.agent_address = agent_address
         self.arrived = arrived
+        self.has = has        # whether an object is here (ready) ...
+        self.watch = watch    # ... and a callback for when it is
+        #: actor ID -> its direct calls that wait for their ref arguments here, and
+        #: the calls made after them (an actor must not block on an argument that
+        #: one of its own later calls may be what makes).
+        self.held: Dict[bytes, collections.deque] = {}
         self.channels: Dict[bytes, bytes] = {}    # actor ID -> its worker, while calls go direct
         self.actor_workers: Dict[bytes, bytes] = {}  # ... and until the offer is withdrawn
         self.sent: Dict[bytes, int] = collections.Counter()  # calls sent the agent's way
-        self.leases: Dict[bytes, list] = {}      # function ID -> [worker ID, DEALER, sent]
+        self.leases: Dict[bytes, list] = {}  # function ID -> [worker ID, DEALER, sent, busy]
+        self.on_lease_worker: Dict[bytes, list] = {}   # task ID -> its lease, until answered
         self.sockets: Dict[bytes, Any] = {}      # worker ID -> its DEALER
 
     def route(self, spec: dict) -> bool:
@@ -61,10 +71,36 @@ class DirectCalls:
         self.sent[aid] += 1
         return False
 
+    def waits(self, spec: dict) -> bool:
+        """Whether a direct call must wait here for its ref arguments (or for
+        calls before it that do); if so it is kept, and sent when they are here."""
+        aid = spec["actor_id"]
+        queue = self.held.get(aid)
+        missing = [oid for oid in spec.get("deps", ()) if not self.has(oid)]
+        if queue is None and not missing:
+            return False
+        if queue is None:
+            queue = self.held[aid] = collections.deque()
+        queue.append(spec)
+        for oid in missing:
+            self.watch(oid, lambda: self.release(aid))
+        return True
+
+    def release(self, aid: bytes) -> None:
+        """Send the kept calls to ``aid`` whose arguments are all here, in order."""
+        queue = self.held.get(aid)
+        while queue and all(self.has(oid) for oid in queue[0].get("deps", ())):
+            spec = queue.popleft()
+            if self.channels.get(aid) == spec["direct"]:  # (else the agent answers for it)
+                self.transport.outbox.call(spec)
+        if not queue:
+            self.held.pop(aid, None)
+
     def on_offer(self, body: dict, raw: Sequence[Any] = ()) -> None:
         """ACTOR_DIRECT: open the path to an actor's worker, or close it."""
         aid, wid = body["actor_id"], body["worker_id"]
         self.close(aid)
+        self.held.pop(aid, None)  # the agent answers for those kept: its worker is gone
         gone = self.actor_workers.pop(aid, None)  # withdrawn, or the actor has a new worker
         if gone is not None:
             self.transport.remove_socket(self.sockets.pop(gone))
@@ -88,12 +124,16 @@ class DirectCalls:
 
     # ------------------------------------------------------------------ leases
     def route_task(self, spec: dict) -> bool:
-        """Mark a task direct (True) if a worker is lent to us for its function."""
+        """Mark a task direct (True) if a worker is lent to us for its function
+        and is not running one of ours: one at a time, so tasks that could run
+        side by side on other workers go the agent's way and do."""
         lease = self.leases.get(spec["function_id"])
-        if lease is None or not protocol.leasable(spec):
+        if lease is None or lease[3] or not protocol.leasable(spec):
             return False
         spec["direct"] = lease[0]
         lease[2] += 1
+        lease[3] = True
+        self.on_lease_worker[spec["task_id"]] = lease
         return True
 
     def on_lease(self, body: dict, raw: Sequence[Any] = ()) -> None:
@@ -104,7 +144,7 @@ class DirectCalls:
         endpoint = protocol.direct_endpoint(self.agent_address, wid) if wid and ENABLED else ""
         lease = self.leases.get(fid)
         if endpoint and lease is None:
-            self.leases[fid] = [wid, self.connect(wid, endpoint), 0]
+            self.leases[fid] = [wid, self.connect(wid, endpoint), 0, False]
             return
         if wid and lease is not None and lease[0] == wid:
             return  # ours already
@@ -117,6 +157,8 @@ class DirectCalls:
         if released["worker_id"]:
             self.transport.outbox.send(_encode(Op.RELEASED, released))
         if lease is not None and not wid:
+            for tid in [t for t, held in self.on_lease_worker.items() if held is lease]:
+                del self.on_lease_worker[tid]  # (its worker died: no answer comes)
             self.sockets.pop(lease[0], None)
             self.transport.remove_socket(lease[1], linger=5000)  # its calls still go
 
@@ -138,6 +180,11 @@ class DirectCalls:
             raise protocol.ProtocolError(f"expected DIRECT_REPLY, got {op.name}")
         defer = self.transport.defer
         for done, done_raw in protocol.unpack_batch(body, raw):
+            lease = self.on_lease_worker.pop(done["task_id"], None)
+            if lease is not None:
+                lease[3] = False  # free for our next task
+            if done.get("retryable"):
+                continue  # the agent may run it again: its answer comes from there
             for result in done["results"]:
                 # Shared results need a pin from the agent, and refs inside a result
                 # must be known there first: the agent pushes those.

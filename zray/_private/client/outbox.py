@@ -82,7 +82,7 @@ class Outbox:
         self._last_item = 0.0          # when the last submit, put or done was queued
         #: Sends direct actor calls to their workers (see submit_direct), with the lock held.
         self.direct: Callable[[List[dict]], None] = lambda specs: None
-        self._lazy: "collections.deque" = collections.deque()  # SUBMITs of direct calls
+        self._lazy = 0                 # SUBMITs of direct calls at the end of the queue
         self._calls: List[dict] = []   # direct calls of a burst, not sent yet
         self.last_flush = 0.0
         self.closed = False
@@ -92,17 +92,19 @@ class Outbox:
         self._add((_SUBMIT, spec))
 
     def submit_direct(self, spec: dict) -> None:
-        """A direct actor call: sent to its worker now; its SUBMIT, which the agent
-        needs soon but not first, waits for the next message to the agent and goes
-        ahead of it.  A call with refs in its arguments is SUBMITted first: the
-        worker asks the agent for them, which must know the call holds them."""
+        """A direct call: sent to its worker now; its SUBMIT, which the agent needs
+        soon but not first, is queued in order but sends nothing by itself: it
+        goes with the next message to the agent (or within a batch window).  A
+        call with refs in its arguments is SUBMITted first: the worker asks the
+        agent for them, which must know the call holds them."""
         now = self._clock()
         in_burst = now - self._last_item < BURST_GAP
         self._last_item = now
         with self.lock:
             if self.closed:
                 return
-            self._lazy.append((_SUBMIT, spec))
+            self._queue.append((_SUBMIT, spec))
+            self._lazy += 1
             calls = self._calls
             calls.append(spec)
             if "deps" in spec or "contained" in spec:
@@ -111,11 +113,21 @@ class Outbox:
             elif not in_burst or len(calls) >= FLUSH_AT:
                 self._send_calls_locked()
                 self._after_send()
-        lazy = len(self._lazy)
-        if lazy >= FLUSH_AT:
+        queued = len(self._queue)
+        if queued >= FLUSH_AT:
             self.flush(True)
-        elif lazy == 1 or self._calls:
+        elif queued == 1 or self._calls:
             self._wake()
+
+    def call(self, spec: dict) -> None:
+        """A direct call whose SUBMIT was sent (or queued) before: to its worker now."""
+        with self.lock:
+            if self.closed:
+                return
+            if self._queue:
+                self._flush_locked(False)
+            self.direct([spec])
+            self._after_send()
 
     def _send_calls_locked(self) -> None:
         calls, self._calls = self._calls, []
@@ -159,7 +171,7 @@ class Outbox:
         queued = len(queue)
         if queued >= FLUSH_AT or not in_burst:
             self.flush()  # a full batch, or a lone item that nothing would join
-        elif queued == 1:
+        else:
             self._wake()  # a burst: the I/O thread sends it soon
 
     def _release(self, item: tuple) -> None:
@@ -182,21 +194,21 @@ class Outbox:
     @property
     def has_queued(self) -> bool:
         """Whether items other than releases wait to be sent."""
-        return bool(self._queue or self._lazy or self._calls)
+        return bool(self._queue or self._calls)
 
     def send(self, frames: List[Any]) -> None:
         """Send one message now, after everything queued before it."""
         with self.lock:
             if self.closed:
                 return
-            if self._queue or self._lazy:
+            if self._queue:
                 self._flush_locked(False)
             self._send(frames)
             self._after_send()
 
     def flush(self, releases: bool = False) -> None:
         """Send the queued items (and the releases if asked)."""
-        if self._queue or (releases and (self._released or self._lazy)):
+        if len(self._queue) > self._lazy or (releases and (self._released or self._queue)):
             with self.lock:
                 if not self.closed:
                     self._flush_locked(releases)
@@ -209,8 +221,7 @@ class Outbox:
 
     def flush_if_idle(self) -> None:
         """Send the queue if nothing has been sent for a batch window."""
-        if (self._queue or self._calls or self._lazy) and \
-                self._clock() - self.last_flush >= BATCH_WINDOW:
+        if (self._queue or self._calls) and self._clock() - self.last_flush >= BATCH_WINDOW:
             self.flush(bool(self._lazy))
 
     def close_locked(self) -> None:
@@ -226,10 +237,7 @@ class Outbox:
 
     def _flush_locked(self, releases: bool) -> None:
         queue = self._queue
-        lazy = self._lazy
-        if lazy:  # they go first: what follows may name their results
-            queue.extendleft(reversed(lazy))
-            lazy.clear()
+        self._lazy = 0
         if releases:
             released = self._released
             while released:
