@@ -241,3 +241,17 @@ def test_a_waiting_submit_keeps_its_place_among_those_queued_before_it(wire, clo
                  for s in body["tasks"]]
     assert submitted == [first["task_id"], queued["task_id"], direct["task_id"],
                          after["task_id"]]
+
+
+def test_a_direct_calls_task_done_waits_and_the_releases_behind_it_too(wire, clock):
+    woken = []
+    outbox = Outbox(wire, lock=wire.lock, clock=clock, wake=lambda: woken.append(1))
+    oid = ids.object_id(ids.new_id(), 0)
+    outbox.task_done({"task_id": ids.new_id(), "results": []}, [], lazy=True)
+    outbox.decref(oid)
+    outbox.flush_idle()  # a worker with nothing to do: the I/O thread will send them
+    assert wire.ops() == [] and woken
+    outbox.flush(releases=True)  # ... as it does here
+    assert wire.ops() == [Op.TASK_DONE, Op.DECREF]
+    outbox.task_done({"task_id": ids.new_id(), "results": []}, [])  # not lazy: at once
+    assert wire.ops()[-1] == Op.TASK_DONE

@@ -273,7 +273,7 @@ class Worker:
         """The next ``(op, body, raw)`` for this worker (None once the connection is lost)."""
         tasks = self.tasks
         if not tasks:
-            self.client.flush(releases=True)  # idle now: let go of what the last task held
+            self.client.outbox.flush_idle()  # idle now: let go of what the last task held
             self.client.wait_until(lambda: bool(tasks))
         return tasks.popleft() if tasks else None
 
@@ -433,13 +433,16 @@ class Worker:
                                    "error": error_text}
         if retryable:
             done["retryable"] = True
+        lazy = False
         if "reply_to" in spec:  # a direct call: its caller hears first
             done["direct"] = True
             self.host.reply(spec, done, frames)
+            lazy = not retryable and all(r["kind"] != ObjectKind.SHARED and "contained" not in r
+                                         for r in results)
         if started:
             done["run_seconds"] = time.perf_counter() - started
         # Queued, not sent: results of a run of quick tasks go back together.
-        self.client.task_done(done, frames)
+        self.client.task_done(done, frames, lazy)
 
     def failure(self, spec: dict, name: str, exc: BaseException) -> Tuple[str, bytes]:
         """``(error text, pickled error)`` of a task that raised ``exc``."""

@@ -181,9 +181,10 @@ class Client:
         self.send(_encode(Op.LOG, {"job_id": job_id, "name": name, "pid": os.getpid(),
                                    "stderr": stderr, "lines": lines}))
 
-    def task_done(self, body: dict, frames: List[Any]) -> None:
-        """A finished task (``protocol.TaskDone``); queued, so quick ones go back together."""
-        self.outbox.task_done(body, frames)
+    def task_done(self, body: dict, frames: List[Any], lazy: bool = False) -> None:
+        """A finished task (``protocol.TaskDone``); queued, so quick ones go back
+        together (``lazy``: see Outbox.task_done)."""
+        self.outbox.task_done(body, frames, lazy)
 
     def yielded(self, body: dict, frames: List[Any]) -> None:
         """A generator task's next item (``protocol.TaskDone`` fields), sent at once."""

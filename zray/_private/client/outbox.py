@@ -144,8 +144,28 @@ class Outbox:
         """An inline object: ``entry`` is ``[object_id, layout, contained]``."""
         self._add((_PUT, entry, data))
 
-    def task_done(self, body: dict, frames: List[Any]) -> None:
-        self._add((_DONE, body, frames))
+    def task_done(self, body: dict, frames: List[Any], lazy: bool = False) -> None:
+        """A finished task; ``lazy`` (a direct call whose caller has its answer
+        already) sends nothing by itself, as a direct call's SUBMIT."""
+        if not lazy:
+            self._add((_DONE, body, frames))
+            return
+        with self.lock:
+            self._queue.append((_DONE, body, frames))
+            self._lazy += 1
+        if len(self._queue) >= FLUSH_AT:
+            self.flush(True)
+        else:
+            self._wake()
+
+    def flush_idle(self) -> None:
+        """Nothing to do for now: send what is queued and the releases, unless
+        only lazy items are queued (the I/O thread sends them, and the releases
+        behind them, within a batch window)."""
+        if self._lazy and len(self._queue) == self._lazy:
+            self._wake()
+        else:
+            self.flush(True)
 
     def addref(self, oid: bytes) -> None:
         released = self._released
