@@ -363,18 +363,8 @@ class Dispatcher:
         for task in lost:
             task.worker = None
             self.unreserve(task)
-            if task.state is FINISHED:
-                continue
-            if task.cancelled:
-                self.tasks.finish_with_error(task, exceptions.TaskCancelledError(
-                    f"task {task.name} was cancelled (its worker was stopped)"))
-            elif task.retries_left > 0:
-                task.retries_left -= 1
-                self.tasks.requeue(task)
-            else:
-                self.tasks.finish_with_error(task, exceptions.WorkerCrashedError(
-                    f"the worker running task {task.name} (pid {worker.pid}) died ({status}) "
-                    f"and no retries were left"))
+            if task.state is not FINISHED:
+                self.tasks.worker_lost(task, worker.pid, status)
 
     # ------------------------------------------------------------------ blocking
     def blocked(self, worker: WorkerRec) -> None:

@@ -187,15 +187,5 @@ class Leases:
         if not lease.ending:
             self.wire.send(lease.owner, Op.LEASE, {"function_id": lease.fid, "worker_id": b""})
         for task in lease.running.values():
-            task.worker = None
             del task.spec["direct"]
-            if task.cancelled:
-                self.tasks.finish_with_error(task, exceptions.TaskCancelledError(
-                    f"task {task.name} was cancelled (its worker was stopped)"))
-            elif task.retries_left > 0:
-                task.retries_left -= 1
-                self.tasks.requeue(task)
-            else:
-                self.tasks.finish_with_error(task, exceptions.WorkerCrashedError(
-                    f"the worker running task {task.name} (pid {worker.pid}) died "
-                    f"({status}) and no retries were left"))
+            self.tasks.worker_lost(task, worker.pid, status)

@@ -261,6 +261,21 @@ class TaskTable:
         for oid in held:
             self.objects.decref(oid)
 
+    def worker_lost(self, task: Task, pid: int, status: str) -> None:
+        """The worker running (or sent) ``task`` died: it runs again while retries
+        last, else fails; a cancelled one ends cancelled."""
+        task.worker = None
+        if task.cancelled:
+            self.finish_with_error(task, exceptions.TaskCancelledError(
+                f"task {task.name} was cancelled (its worker was stopped)"))
+        elif task.retries_left > 0:
+            task.retries_left -= 1
+            self.requeue(task)
+        else:
+            self.finish_with_error(task, exceptions.WorkerCrashedError(
+                f"the worker running task {task.name} (pid {pid}) died ({status}) "
+                f"and no retries were left"))
+
     def finish_with_error(self, task: Task, exc: BaseException) -> None:
         self.finish_with_error_data(task, system_error(exc), str(exc))
 
