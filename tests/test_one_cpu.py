@@ -97,18 +97,27 @@ def test_tasks_sent_ahead_are_taken_back_when_their_worker_blocks(agent_path):
             from zray._private import state
 
             refs = [child.remote() for _ in range(n)]
+            ahead = False
             if wait_for_ahead:
                 # Wait until the agent has sent some children ahead to this very
                 # worker: on one CPU they can only run if it takes them back.
-                deadline = time.monotonic() + 20
+                deadline = time.monotonic() + 5
                 while not state.worker.tasks and time.monotonic() < deadline:
                     time.sleep(0.005)
-            return len(zray.get(refs, timeout=30))
+                ahead = bool(state.worker.tasks)
+            return len(zray.get(refs, timeout=30)) if refs else 0, ahead
 
-        assert zray.get(parent.remote(5, False)) == 5      # the children are known quick
-        # ... and so is it, once quick runs outweigh the slow first one (a running mean).
-        assert zray.get([parent.remote(0, False) for _ in range(60)]) == [0] * 60
-        assert zray.get(parent.remote(40, True), timeout=60) == 40
+        assert zray.get(parent.remote(5, False))[0] == 5   # the children are known quick
+        for _ in range(3):
+            # ... and so is it, once quick runs outweigh the slow first one (a running
+            # mean of measured run times: a hiccup of a loaded machine can outweigh
+            # them for a while, and then nothing is sent ahead; run them again).
+            assert zray.get([parent.remote(0, False) for _ in range(60)]) == [(0, False)] * 60
+            done, ahead = zray.get(parent.remote(40, True), timeout=60)
+            assert done == 40
+            if ahead:
+                break
+        assert ahead
         stats = _scheduler_stats()
         assert stats["sent_ahead"] > 0 and stats["taken_back"] > 0
     finally:
