@@ -81,12 +81,9 @@ class DirectPath:
     def answered(objects: Any, task: Any, body: dict) -> None:
         """A direct call's TASK_DONE: its caller has the inline results (and errors)
         from the worker, so they are not pushed to it again (see client/direct.py)."""
-        owner = task.owner
         for result in body["results"]:
             if result["kind"] in _ANSWERED and not result.get("contained"):
-                obj = objects.get(result["object_id"])
-                if obj is not None:
-                    obj.fetchers.pop(owner, None)
+                objects.answered_already(result["object_id"], task.owner)
 
     def early_done(self, worker: Any, body: dict, raw: Any) -> None:
         """A direct call's TASK_DONE came before its SUBMIT (another socket).  The

@@ -387,6 +387,12 @@ class ObjectTable(ArenaSpace):
         obj.fetchers[owner] = False
         self.hold(owner, oid, obj)
 
+    def answered_already(self, oid: bytes, ident: bytes) -> None:
+        """``ident`` has the result from its worker (a direct call): no push."""
+        obj = self.objects.get(oid)
+        if obj is not None:
+            obj.fetchers.pop(ident, None)
+
     def on_fetch(self, ident: bytes, body: dict, raw) -> None:
         pin = bool(body.get("pin"))
         for oid in body["object_ids"]:

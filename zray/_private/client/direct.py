@@ -1,23 +1,30 @@
-"""The caller's side of the direct path: actor calls sent straight to the worker.
+"""The caller's side of the direct paths: calls sent straight to a worker.
 
 ::
 
-    call ──▶ SUBMIT (the agent records it: refs, retries, events, failures)
-         └─▶ DIRECT_CALL to the actor's worker, in the same send
+    call ──▶ DIRECT_CALL to the worker, at once
+         └─▶ SUBMIT to the agent (it records the call: refs, retries, events,
+             failures), queued in order, with the next message to the agent
     worker ──DIRECT_REPLY──▶ here: inline results and errors, one hop
            ──TASK_DONE──▶ agent: seals the results, pushes those not inline
 
-The agent offers the path (ACTOR_DIRECT) when the actor lives on this node
-and every call this caller made to it is done; the offer names how many
-calls the agent had from us, and is taken only if that is every call we
-sent its way, so no call can overtake an earlier one.  From then on every
-call to that actor goes direct, those with ref arguments too (the worker
-gets them itself), until the agent withdraws the offer because the worker
-is gone; the agent answers for the calls that were on their way.
+Actors: the agent offers the path (ACTOR_DIRECT) when the actor lives on
+this node and every call this caller made to it is done; the offer names
+how many calls the agent had from us, and is taken only if that is every
+call we sent its way, so no call can overtake an earlier one.  From then on
+every call to that actor goes direct; one with ref arguments waits here
+until they are ready (and the calls after it wait behind it), then goes,
+and the worker gets them itself.  The agent withdraws the offer when the
+worker is gone and answers for the calls that were on their way.
 
-Owns: the direct channels (one DEALER per actor) and the count of calls
-sent to each actor through the agent.  Must not: touch the agent's socket
-or the object cache's tables; results go through ``arrived``.
+Leases: a worker the agent lends us (LEASE) for one function's plain tasks
+takes them one at a time; taken back, we answer RELEASED with how many we
+sent on it.
+
+Owns: the DEALERs to workers, which actors and leases use them, the calls
+kept for their arguments, and the count of calls sent to each actor through
+the agent.  Must not: touch the agent's socket or the object cache's
+tables; results go through ``arrived``.
 """
 
 from __future__ import annotations
@@ -146,9 +153,9 @@ class DirectCalls:
         if endpoint and lease is None:
             self.leases[fid] = [wid, self.connect(wid, endpoint), 0, False]
             return
-        if wid and lease is not None and lease[0] == wid:
-            return  # ours already
-        if wid and lease is not None and lease[0] != wid:
+        if wid and lease is not None:
+            if lease[0] == wid:
+                return  # ours already
             lease = None  # a second offer for the same function: declined
         elif not wid:
             lease = self.leases.pop(fid, None)
@@ -168,8 +175,7 @@ class DirectCalls:
         sock = self.sockets.get(specs[0]["direct"])
         if sock is not None:
             try:
-                sock.send_multipart(_encode(Op.DIRECT_CALL, {"tasks": specs}),
-                                          zmq.NOBLOCK)
+                sock.send_multipart(_encode(Op.DIRECT_CALL, {"tasks": specs}), zmq.NOBLOCK)
             except zmq.ZMQError:
                 pass
 

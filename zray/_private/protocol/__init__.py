@@ -17,6 +17,7 @@ every request gets its reply or an :class:`Error`, never silence.
 Who talks to whom::
 
     driver / worker ──DEALER──▶ node agent ROUTER   (Hello ... Unpin)
+    driver / worker ──DEALER──▶ worker ROUTER       (DirectCall, DirectReply: same node)
     node agent ──▶ driver / worker                  (Welcome ... Exit, Error)
     node agent ◀──DEALER/ROUTER──▶ head             (Register ... KillActor)
     node agent ──DEALER──▶ peer's transfer ROUTER   (Pull, Chunk)
